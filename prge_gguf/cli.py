@@ -1,0 +1,210 @@
+"""Command line: argument parsing and wiring only. Defaults live in TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from prge_gguf import __version__
+from prge_gguf.errors import PrgeError
+from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
+
+_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "weight_decay", "loss", "seed", "rank",
+              "alpha", "targets", "eval_every", "eval_size")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="base model GGUF (default: the shipped SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to GPU (-1 = all)")
+    p.add_argument("--n-ctx", type=int, default=1024, help="tokens per decode (context size)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--task", help="built-in task: sst2")
+    g.add_argument("--data", help="training/eval data: JSONL of {'text': ..., 'label': ...} or TSV")
+    p.add_argument("--valid", help="held-out data for --data (same format)")
+    p.add_argument("--template", default="{text}", help="prompt template over record fields")
+    p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `prge-gguf` argument parser."""
+    parser = argparse.ArgumentParser(prog="prge-gguf", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"prge-gguf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE")
+    _add_model_args(tr)
+    _add_data_args(tr)
+    tr.add_argument("--out", required=True, help="run folder (adapter.gguf, config.json, metrics.jsonl)")
+    tr.add_argument("--steps", type=int, help="P-RGE steps")
+    tr.add_argument("--batch-size", type=int, help="examples per step")
+    tr.add_argument("--q", type=int, help="random directions (queries) per step")
+    tr.add_argument("--eps", type=float, help="perturbation scale")
+    tr.add_argument("--lr", type=float, help="learning rate")
+    tr.add_argument("--weight-decay", type=float)
+    tr.add_argument("--loss", choices=("label", "vocab"),
+                    help="label: CE over label words (default); vocab: full-vocabulary token CE")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--rank", type=int, help="LoRA rank r")
+    tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
+    tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
+                    help=f"comma-separated projections (default all: {','.join(TARGETS)})")
+    tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
+    tr.add_argument("--eval-size", type=int, help="held-out examples per evaluation (0 = all)")
+
+    ev = sub.add_parser("eval", help="accuracy and loss of the model, with or without an adapter")
+    _add_model_args(ev)
+    _add_data_args(ev)
+    ev.add_argument("--adapter", help="LoRA adapter GGUF to apply")
+    ev.add_argument("--loss", choices=("label", "vocab"), default="label")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    info = sub.add_parser("info", help="architecture, quant types and target tensors of a GGUF")
+    info.add_argument("model", nargs="?", help="GGUF file (default: the shipped SmolLM2 model)")
+    return parser
+
+
+def _model_path(arg: str | None) -> Path:
+    from prge_gguf.models import default_model_path
+
+    return Path(arg) if arg else default_model_path()
+
+
+def _open_engine(args: argparse.Namespace):
+    from prge_gguf.engine.llama import LlamaEngine
+
+    return LlamaEngine(_model_path(args.model), n_ctx=args.n_ctx, threads=args.threads,
+                       n_gpu_layers=args.n_gpu_layers)
+
+
+def _datasets(args: argparse.Namespace):
+    """(train examples, held-out examples) from --task or --data/--valid."""
+    from prge_gguf.data import parse_label_words
+    from prge_gguf.tasks import Task, builtin_task
+
+    if args.task:
+        task = builtin_task(args.task)
+        return task.examples(task.train_file), task.examples(task.dev_file)
+    if not args.label_words:
+        raise PrgeError("--data needs --label-words (e.g. '0=terrible,1=great')")
+    task = Task("custom", args.template, parse_label_words(args.label_words))
+    train = task.examples(Path(args.data))
+    return train, task.examples(Path(args.valid)) if args.valid else []
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prge_gguf.data import tokenize_example
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.train import RunLog, TrainConfig, config_record, evaluate, train
+
+    overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
+    cfg = TrainConfig(**overrides)
+    train_ex, eval_ex = _datasets(args)
+    with _open_engine(args) as engine:
+        adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+        train_tok = [tokenize_example(engine, e) for e in train_ex]
+        eval_tok = [tokenize_example(engine, e) for e in eval_ex]
+        log = RunLog(Path(args.out), config_record(
+            cfg, model=str(engine.model_path), base_fingerprint=adapter.fingerprint,
+            task=args.task or args.data, version=__version__,
+            n_train=len(train_tok), n_eval=len(eval_tok)))
+        t0 = time.perf_counter()
+
+        def on_eval(step: int, m: dict) -> None:
+            from tqdm import tqdm
+
+            tqdm.write(f"step {step}: eval loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f} (n={m['n']})")
+
+        try:
+            adapter = train(engine, adapter, train_tok, eval_tok, cfg, log, on_eval)
+            train_s = time.perf_counter() - t0
+            if eval_tok:
+                final = evaluate(engine, eval_tok, adapter, cfg.loss)
+                log.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
+                             "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
+                             "train_s": train_s})
+                print(f"final: eval accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f} "
+                      f"on {final['n']} examples; training took {train_s:.0f} s")
+        finally:
+            log.close()
+    print(f"adapter written to {Path(args.out) / 'adapter.gguf'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from prge_gguf.data import tokenize_example
+    from prge_gguf.lora import read_gguf
+    from prge_gguf.train import evaluate
+
+    train_ex, eval_ex = _datasets(args)
+    examples = eval_ex or train_ex
+    if args.limit:
+        examples = examples[: args.limit]
+    with _open_engine(args) as engine:
+        adapter = None
+        if args.adapter:
+            adapter = read_gguf(args.adapter)
+            base = base_fingerprint(engine.header)
+            if adapter.fingerprint and adapter.fingerprint != base:
+                raise PrgeError(f"{args.adapter}: adapter was trained for another base model "
+                                f"(fingerprint {adapter.fingerprint}, this model {base})")
+        t0 = time.perf_counter()
+        m = evaluate(engine, [tokenize_example(engine, e) for e in examples], adapter, args.loss)
+        m["seconds"] = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  ({m['n']} examples, "
+              f"{m['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from prge_gguf.gguf_header import read_header
+
+    path = _model_path(args.model)
+    h = read_header(path)
+    md = h.metadata
+    arch = h.architecture
+    print(f"file:          {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    print(f"architecture:  {arch}  ({md.get('general.name', '?')})")
+    for key in ("block_count", "embedding_length", "feed_forward_length", "context_length"):
+        print(f"{key + ':':<15}{md.get(f'{arch}.{key}', '?')}")
+    print(f"vocabulary:    {md.get('tokenizer.ggml.tokens', '?')} tokens")
+    types = Counter(t.type_name for t in h.tensors.values())
+    print("tensor types:  " + ", ".join(f"{k} x{v}" for k, v in types.most_common()))
+    print(f"fingerprint:   {base_fingerprint(h)}")
+    present = [t for t in TARGETS if any(f".{t}.weight" in n for n in h.tensors)]
+    shapes = target_shapes(h, present)
+    print("LoRA targets (out x in, type, layers):")
+    for t in present:
+        names = [n for n in shapes if f".{t}." in n]
+        info = h.tensors[names[0]]
+        print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info}[args.command]
+    try:
+        return handler(args)
+    except PrgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

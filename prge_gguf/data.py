@@ -1,0 +1,145 @@
+"""Classification data: files -> examples -> token-level score requests, and their losses.
+
+An example is a context and k options; its score for option j is the summed
+log-prob of option j's tokens after the context. Single-token options share one
+sequence (one logit row gives every option); multi-token options get a sequence each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prge_gguf.engine.base import Engine, ScoreRequest
+from prge_gguf.errors import PrgeError
+
+
+@dataclass(frozen=True)
+class Example:
+    """A classification example: the model reads `context` and picks one of `options`."""
+
+    context: str
+    options: tuple[str, ...]
+    label: int
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Score requests of one example; `owners[r][p][c]` is the option the candidate belongs to."""
+
+    requests: tuple[ScoreRequest, ...]
+    owners: tuple[tuple[tuple[int, ...], ...], ...]
+    n_options: int
+    label: int
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(r.n_tokens for r in self.requests)
+
+
+def parse_label_words(spec: str) -> dict[str, str]:
+    """`"0=terrible,1=great"` or `"terrible,great"` (labels 0, 1, ...) -> {label: word}."""
+    words: dict[str, str] = {}
+    for i, item in enumerate(p.strip() for p in spec.split(",")):
+        label, sep, word = item.partition("=")
+        if not sep:
+            label, word = str(i), item
+        if not word.strip() or not label.strip():
+            raise PrgeError(f"--label-words: empty label or word in '{item}' (expected label=word)")
+        words[label.strip()] = word.strip()
+    return words
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def records_to_examples(
+    records: Sequence[tuple[str, dict]], template: str, label_words: dict[str, str]
+) -> list[Example]:
+    """Render `(place, record)` pairs; `place` ("file:line") names the record in errors."""
+    labels = list(label_words)
+    options = tuple(" " + label_words[lab] for lab in labels)
+    fields = _fields(template)
+    examples = []
+    for place, rec in records:
+        for f in [*fields, "label"]:
+            if f not in rec:
+                raise PrgeError(f"{place}: missing field '{f}' (record has: {', '.join(rec)})")
+        label = str(rec["label"]).strip()
+        if isinstance(rec["label"], bool):
+            label = str(rec["label"]).lower()
+        if label not in label_words:
+            raise PrgeError(
+                f"{place}: label '{label}' has no label word (known: {', '.join(labels)}); "
+                f"add it to --label-words"
+            )
+        context = template.format_map({f: str(rec[f]).strip() for f in fields})
+        examples.append(Example(context, options, labels.index(label)))
+    if not examples:
+        raise PrgeError("dataset is empty: no examples to train or evaluate on")
+    return examples
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    """Records of a `.jsonl` file (one JSON object a line) or a `.tsv` file with a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrgeError(f"{path}: data file not found")
+    if path.suffix == ".tsv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            return [(f"{path}:{i}", dict(r)) for i, r in enumerate(rows, start=2)]
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PrgeError(f"{path}:{i}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(rec, dict):
+                raise PrgeError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+            records.append((f"{path}:{i}", rec))
+    return records
+
+
+def tokenize_example(engine: Engine, ex: Example) -> TokenizedExample:
+    """Build the score requests for one example."""
+    ctx = engine.tokenize(ex.context, add_special=True)
+    opts = [engine.tokenize(o, add_special=False) for o in ex.options]
+    last = len(ctx) - 1
+    firsts = [o[0] for o in opts]
+    if all(len(o) == 1 for o in opts) and len(set(firsts)) == len(firsts):
+        req = ScoreRequest(tuple(ctx), (last,), (tuple(firsts),))
+        return TokenizedExample((req,), ((tuple(range(len(opts))),),), len(opts), ex.label)
+    requests, owners = [], []
+    for j, o in enumerate(opts):
+        positions = tuple(range(last, last + len(o)))
+        requests.append(ScoreRequest(tuple(ctx + o), positions, tuple((t,) for t in o)))
+        owners.append(tuple((j,) for _ in o))
+    return TokenizedExample(tuple(requests), tuple(owners), len(opts), ex.label)
+
+
+def option_scores(ex: TokenizedExample, results: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Summed log-prob of each option's tokens, from the engine's results for `ex.requests`."""
+    scores = np.zeros(ex.n_options)
+    for req_owners, req_results in zip(ex.owners, results, strict=True):
+        for pos_owners, logprobs in zip(req_owners, req_results, strict=True):
+            np.add.at(scores, list(pos_owners), logprobs)
+    return scores
+
+
+def example_loss(scores: np.ndarray, label: int, kind: str) -> float:
+    """`label`: cross-entropy over the options; `vocab`: the true option's full-vocabulary NLL."""
+    if kind == "vocab":
+        return float(-scores[label])
+    peak = scores.max()
+    return float(peak + np.log(np.exp(scores - peak).sum()) - scores[label])

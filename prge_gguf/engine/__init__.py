@@ -1,0 +1,5 @@
+"""Scoring engines: the only code that runs the model. See `base.Engine` for the interface."""
+
+from prge_gguf.engine.base import Engine, ScoreRequest
+
+__all__ = ["Engine", "ScoreRequest"]

@@ -1,0 +1,52 @@
+"""The narrow interface every engine (llama.cpp, torch) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from prge_gguf.lora import LoraAdapter
+
+# Adapters applied together with their scales: W x + sum_j scale_j * (alpha/r) B_j A_j x.
+AdapterSet = Sequence[tuple[LoraAdapter, float]]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One sequence to evaluate.
+
+    The logits at `positions[k]` (which predict token positions[k] + 1) are
+    log-softmaxed over the full vocabulary and read at the token ids
+    `candidates[k]`.
+    """
+
+    tokens: tuple[int, ...]
+    positions: tuple[int, ...]
+    candidates: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class Engine(Protocol):
+    """Loads one base model; scores many sequences at a time under a set of adapters."""
+
+    n_ctx: int
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Token ids of `text`; `add_special` adds BOS where the model wants it."""
+
+    def score(
+        self, requests: Sequence[ScoreRequest], adapters: AdapterSet
+    ) -> list[list[np.ndarray]]:
+        """Per request, per scored position: log-probs (full-vocabulary softmax) of its candidates.
+
+        An empty `adapters` scores the base model.
+        """
+
+    def close(self) -> None:
+        """Free the model and everything built on it."""

@@ -1,0 +1,229 @@
+"""llama.cpp engine (llama-cpp-python's ctypes mirror of llama.h). The only module importing it.
+
+Lifetimes: the engine owns one model, one context and one batch; adapters it
+loads are freed when evicted from its small cache, and everything is freed
+context-first in `close()`. Return codes become PrgeError with their meaning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp.llama_cpp as ll
+import numpy as np
+
+from prge_gguf.engine.base import AdapterSet, ScoreRequest
+from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import read_header
+from prge_gguf.lora import LoraAdapter, write_gguf
+
+_DECODE_ERRORS = {
+    1: "no KV slot for the batch (sequences longer than the context? raise --n-ctx)",
+    2: "aborted",
+    -1: "invalid input batch",
+}
+_GGML_LOG_ERROR = 4
+_FLASH_ATTN_DISABLED = 0
+
+
+@ll.llama_log_callback
+def _log_errors_only(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor at load; users need only its errors.
+    if level == _GGML_LOG_ERROR:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
+ll.llama_log_set(_log_errors_only, ctypes.c_void_p())
+ll.llama_backend_init()
+
+
+def _scratch_dir() -> str:
+    # Adapter files live for milliseconds between write and load: keep them in RAM where possible.
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+class LlamaEngine:
+    """Scores many sequences per `llama_decode`, logits only where scored."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 1024,
+        n_seq_max: int = 64,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        adapter_cache: int = 8,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.header = read_header(self.model_path)  # clear error for missing / non-GGUF files
+        self.n_ctx, self.n_seq_max, self._cache_size = n_ctx, n_seq_max, adapter_cache
+        self._model = self._ctx = None
+        self._batch: ll.llama_batch | None = None
+        self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
+        self._active: tuple[tuple[int, float], ...] = ()
+        self._tmp = tempfile.TemporaryDirectory(prefix="prge-adapters-", dir=_scratch_dir())
+
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
+        if not self._model:
+            self.close()
+            raise PrgeError(
+                f"{self.model_path}: llama.cpp could not load this model "
+                f"(architecture '{self.header.architecture}' unsupported, or the file is corrupt)"
+            )
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
+
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = True
+        # Off, as in llama-cpp-python's Llama(): with "auto" the CPU flash-attention path moved
+        # SmolLM2's log-probs by up to 0.6 nats against it (measured 2026-11-25).
+        cparams.flash_attn_type = _FLASH_ATTN_DISABLED
+        cparams.no_perf = True
+        n_threads = threads or min(os.cpu_count() or 1, 8)
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise PrgeError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+        self._batch = ll.llama_batch_init(n_ctx, 0, 1)
+
+    # -- text ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Token ids of `text`; BOS is added only if `add_special` and the model asks for it."""
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        buf = (ll.llama_token * n_max)()
+        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, False)
+        if n < 0:
+            raise PrgeError(f"tokenization needs {-n} tokens, more than expected for {len(raw)} bytes")
+        return list(buf[:n])
+
+    # -- adapters -----------------------------------------------------------------------------
+    def _load_adapter(self, adapter: LoraAdapter) -> ll.llama_adapter_lora_p:
+        handle = self._adapters.get(adapter.uid)
+        if handle is not None:
+            self._adapters.move_to_end(adapter.uid)
+            return handle
+        path = Path(self._tmp.name) / f"adapter-{adapter.uid}.gguf"
+        write_gguf(adapter, path)
+        handle = ll.llama_adapter_lora_init(self._model, str(path).encode())
+        path.unlink()
+        if not handle:
+            raise PrgeError(
+                "llama.cpp refused the adapter (its tensors do not match this model's shapes)"
+            )
+        self._adapters[adapter.uid] = handle
+        return handle
+
+    def _set_adapters(self, adapters: AdapterSet) -> None:
+        wanted = tuple((a.uid, float(s)) for a, s in adapters)
+        if wanted == self._active:
+            return
+        handles = [self._load_adapter(a) for a, _ in adapters]
+        arr = (ll.llama_adapter_lora_p_ctypes * max(1, len(handles)))(*handles)
+        scales = (ctypes.c_float * max(1, len(handles)))(*(s for _, s in wanted))
+        rc = ll.llama_set_adapters_lora(self._ctx, arr if handles else None, len(handles), scales)
+        if rc != 0:
+            raise PrgeError(f"llama_set_adapters_lora failed (code {rc})")
+        self._active = wanted
+        self._evict({uid for uid, _ in wanted})
+
+    def _evict(self, keep: set[int]) -> None:
+        while len(self._adapters) > self._cache_size:
+            uid = next((u for u in self._adapters if u not in keep), None)
+            if uid is None:
+                return
+            ll.llama_adapter_lora_free(self._adapters.pop(uid))
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, requests: Sequence[ScoreRequest], adapters: AdapterSet) -> list[list[np.ndarray]]:
+        """Log-probs of each request's candidates at its positions (see `Engine.score`)."""
+        self._set_adapters(adapters)
+        results: list[list[np.ndarray]] = []
+        group: list[ScoreRequest] = []
+        n_tokens = 0
+        for req in requests:
+            if req.n_tokens > self.n_ctx:
+                raise PrgeError(
+                    f"a sequence of {req.n_tokens} tokens does not fit the context of {self.n_ctx} "
+                    f"tokens (raise --n-ctx or shorten the example)"
+                )
+            if group and (n_tokens + req.n_tokens > self.n_ctx or len(group) == self.n_seq_max):
+                results.extend(self._decode(group))
+                group, n_tokens = [], 0
+            group.append(req)
+            n_tokens += req.n_tokens
+        if group:
+            results.extend(self._decode(group))
+        return results
+
+    def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
+        batch = self._batch
+        i = 0
+        for seq, req in enumerate(group):
+            wanted = set(req.positions)
+            for pos, tok in enumerate(req.tokens):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = pos in wanted
+                i += 1
+        batch.n_tokens = i
+        # Each decode scores fresh sequences: nothing cached may leak in from the last one.
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        rc = ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise PrgeError(f"llama_decode failed: {_DECODE_ERRORS.get(rc, f'fatal error {rc}')}")
+        n_out = sum(len(set(r.positions)) for r in group)
+        logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
+        peak = logits.max(axis=1, keepdims=True)
+        lse = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        out, row = [], 0
+        for req in group:
+            # Outputs come in batch (= position) order, one row per distinct scored position.
+            rows = {p: row + k for k, p in enumerate(sorted(set(req.positions)))}
+            row += len(rows)
+            pairs = zip(req.positions, req.candidates, strict=True)
+            out.append([logits[rows[p], list(c)] - lse[rows[p]] for p, c in pairs])
+        return out
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free batch, context (before the model), adapters, model."""
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        for handle in self._adapters.values():
+            ll.llama_adapter_lora_free(handle)
+        self._adapters.clear()
+        if self._model:
+            ll.llama_model_free(self._model)
+            self._model = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> LlamaEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_tmp", None) is not None:
+            self.close()

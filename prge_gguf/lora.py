@@ -1,0 +1,179 @@
+"""LoRA adapter state (numpy float32 A and B per target tensor) and its GGUF file form.
+
+Layout written is llama.cpp's adapter GGUF: `general.type=adapter`,
+`adapter.type=lora`, `adapter.lora.alpha`, and per target weight
+`<name>.lora_a` (numpy shape (r, in)) and `<name>.lora_b` ((out, r)).
+llama.cpp applies W x + (alpha / r) * B (A x).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFWriter
+
+from prge_gguf import __version__
+from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import GGUFHeader
+
+# The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
+TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_TARGET_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+_KEY_FINGERPRINT = "prge.base_fingerprint"
+_ids = itertools.count()
+
+
+def base_fingerprint(header: GGUFHeader) -> str:
+    """A short hash of a base model's architecture and tensor names, shapes and types."""
+    h = hashlib.sha256(header.architecture.encode())
+    for info in sorted(header.tensors.values(), key=lambda t: t.name):
+        h.update(f"{info.name}:{info.shape}:{info.type_name};".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """An immutable LoRA adapter: `a[name]` (r, in) and `b[name]` (out, r), float32.
+
+    Names are base weight names (`blk.3.attn_q.weight`). Arrays are made read-only so
+    that an engine may cache what it built from an adapter by `uid`.
+    """
+
+    architecture: str
+    alpha: float
+    a: dict[str, np.ndarray]
+    b: dict[str, np.ndarray]
+    fingerprint: str = ""
+    uid: int = field(default_factory=lambda: next(_ids), compare=False)
+
+    def __post_init__(self) -> None:
+        if sorted(self.a) != sorted(self.b):
+            raise ValueError("lora_a and lora_b must name the same tensors")
+        for arr in itertools.chain(self.a.values(), self.b.values()):
+            arr.flags.writeable = False
+
+    @property
+    def names(self) -> list[str]:
+        """Target weight names in the fixed (sorted) order every random walk uses."""
+        return sorted(self.a)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.a.values())).shape[0]
+
+    def with_b(self, b: dict[str, np.ndarray]) -> LoraAdapter:
+        """The same adapter (A shared, not copied) with new B tensors."""
+        return LoraAdapter(self.architecture, self.alpha, self.a, b, self.fingerprint)
+
+
+def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int, int]]:
+    """Map each targeted base weight name to its (out, in) shape; reject unknown targets."""
+    present = {m.group(2) for name in header.tensors if (m := _TARGET_RE.match(name))}
+    for target in targets:
+        if target not in present:
+            known = ", ".join(t for t in TARGETS if t in present)
+            raise PrgeError(
+                f"--targets: unknown target '{target}' for this {header.architecture} model "
+                f"(expected some of: {known})"
+            )
+    shapes = {}
+    for name, info in header.tensors.items():
+        m = _TARGET_RE.match(name)
+        if m and m.group(2) in targets and len(info.shape) == 2:
+            shapes[name] = (int(info.shape[0]), int(info.shape[1]))
+    return dict(sorted(shapes.items()))
+
+
+def init_lora_fa(
+    header: GGUFHeader, targets: list[str], rank: int, alpha: float, seed: int
+) -> LoraAdapter:
+    """LoRA-FA start: A kaiming-uniform (PEFT's bound 1/sqrt(in)), B zero."""
+    if rank < 1:
+        raise PrgeError(f"--rank must be >= 1, got {rank}")
+    rng = np.random.default_rng([seed, 0xA])
+    a, b = {}, {}
+    for name, (out_dim, in_dim) in target_shapes(header, targets).items():
+        bound = 1.0 / np.sqrt(in_dim)
+        a[name] = rng.uniform(-bound, bound, size=(rank, in_dim)).astype(np.float32)
+        b[name] = np.zeros((out_dim, rank), dtype=np.float32)
+    return LoraAdapter(header.architecture, float(alpha), a, b, base_fingerprint(header))
+
+
+def write_gguf(adapter: LoraAdapter, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    """Write `adapter` as a llama.cpp LoRA GGUF, atomically (temp file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer = GGUFWriter(tmp, adapter.architecture)
+        writer.add_string("general.type", "adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", adapter.alpha)
+        writer.add_string("prge.version", __version__)
+        writer.add_string(_KEY_FINGERPRINT, adapter.fingerprint)
+        for key, value in (extra or {}).items():
+            writer.add_string(key, value)
+        for name in adapter.names:
+            stem = name.removesuffix(".weight")
+            writer.add_tensor(f"{stem}.weight.lora_a", np.ascontiguousarray(adapter.a[name]))
+            writer.add_tensor(f"{stem}.weight.lora_b", np.ascontiguousarray(adapter.b[name]))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_gguf(path: str | Path) -> LoraAdapter:
+    """Read a LoRA adapter GGUF; every problem is reported at once, naming tensor and shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrgeError(f"{path}: adapter file not found")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # gguf raises ValueError/struct.error/IndexError on bad files
+        raise PrgeError(f"{path}: not a readable GGUF adapter ({exc})") from None
+
+    def meta(key: str, default: object = None) -> object:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    if meta("general.type") != "adapter" or meta("adapter.type") != "lora":
+        raise PrgeError(f"{path}: not a LoRA adapter (general.type/adapter.type are not adapter/lora)")
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+    a, b, problems = {}, {}, []
+    for tname, arr in tensors.items():
+        base, _, kind = tname.rpartition(".")
+        if kind == "lora_a":
+            a[base] = arr
+        elif kind == "lora_b":
+            b[base] = arr
+        else:
+            problems.append(f"{tname}: not a .lora_a/.lora_b tensor")
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            problems.append(f"{name}: has only one of lora_a/lora_b")
+        elif a[name].shape[0] != b[name].shape[1]:
+            problems.append(f"{name}: lora_a {a[name].shape} and lora_b {b[name].shape} ranks differ")
+    if not a and not problems:
+        problems.append("no LoRA tensors")
+    if problems:
+        raise PrgeError(f"{path}: bad adapter: " + "; ".join(problems))
+    common = sorted(set(a) & set(b))
+    return LoraAdapter(
+        str(meta("general.architecture", "unknown")),
+        float(meta("adapter.lora.alpha", a[common[0]].shape[0])),
+        {n: a[n] for n in common},
+        {n: b[n] for n in common},
+        str(meta(_KEY_FINGERPRINT, "")),
+    )

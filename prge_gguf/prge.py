@@ -1,0 +1,80 @@
+"""P-RGE: the zeroth-order gradient estimate and update over LoRA B tensors. Pure numpy.
+
+For queries i = 1..q with directions z_i ~ N(0, I) (regenerated from
+(seed, step, i), never stored):
+
+    g_i = (L(B + eps z_i) - L(B - eps z_i)) / (2 eps)
+    B  <- B - lr * ((1/q) sum_i g_i z_i + weight_decay * B)
+
+`g_i` is the directional derivative of the loss along z_i, so E[g_i z_i] is the
+gradient (to O(eps^2)); q > 1 averages independent estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+Tensors = Mapping[str, np.ndarray]
+# Losses at B + eps*z_i and B - eps*z_i for each direction in the list, in order.
+PairLoss = Callable[[Sequence[Tensors]], tuple[np.ndarray, np.ndarray]]
+
+
+def direction(
+    shapes: Mapping[str, tuple[int, ...]], seed: int, step: int, query: int
+) -> dict[str, np.ndarray]:
+    """z for (seed, step, query): the same on every machine (sorted tensor order, PCG64)."""
+    rng = np.random.default_rng([seed, step, query])
+    return {n: rng.standard_normal(shapes[n], dtype=np.float32) for n in sorted(shapes)}
+
+
+def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: float) -> np.ndarray:
+    """Central differences g_i = (L+_i - L-_i) / (2 eps), one per query."""
+    return (np.asarray(loss_plus, np.float64) - np.asarray(loss_minus, np.float64)) / (2 * eps)
+
+
+def apply_update(
+    params: Tensors,
+    grads: np.ndarray,
+    seed: int,
+    step: int,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """New tensors B - lr * (mean_i g_i z_i + weight_decay * B); z_i regenerated one at a time."""
+    shapes = {n: p.shape for n, p in params.items()}
+    total = {n: np.zeros_like(p, dtype=np.float32) for n, p in params.items()}
+    for i, g in enumerate(grads):
+        for n, z in direction(shapes, seed, step, i).items():
+            total[n] += np.float32(g / len(grads)) * z
+    return {
+        n: (p - np.float32(lr) * (total[n] + np.float32(weight_decay) * p)).astype(np.float32)
+        for n, p in params.items()
+    }
+
+
+def prge_step(
+    params: Tensors,
+    pair_loss: PairLoss,
+    *,
+    seed: int,
+    step: int,
+    q: int,
+    eps: float,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """One P-RGE step. Returns (new params, losses at +eps, losses at -eps).
+
+    `pair_loss` gets the q scaled directions eps*z_i and evaluates all 2q
+    perturbed losses (the engine decides how to batch them).
+    """
+    shapes = {n: p.shape for n, p in params.items()}
+    scaled = [
+        {n: np.float32(eps) * z for n, z in direction(shapes, seed, step, i).items()}
+        for i in range(q)
+    ]
+    loss_plus, loss_minus = pair_loss(scaled)
+    grads = projected_gradients(loss_plus, loss_minus, eps)
+    return apply_update(params, grads, seed, step, lr, weight_decay), loss_plus, loss_minus

@@ -1,0 +1,184 @@
+"""The training loop: batches, P-RGE steps through an engine, evaluation, metrics, adapter files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from prge_gguf.data import TokenizedExample, example_loss, option_scores
+from prge_gguf.engine.base import AdapterSet, Engine
+from prge_gguf.errors import PrgeError
+from prge_gguf.lora import TARGETS, LoraAdapter, write_gguf
+from prge_gguf.prge import PairLoss, prge_step
+
+LOSSES = ("label", "vocab")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with its default. The CLI overrides these; config.json records them."""
+
+    steps: int = 500
+    batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1
+    q: int = 1  # queries (random directions) per step
+    eps: float = 1e-2  # perturbation size
+    lr: float = 5e-3  # ZO learning rate; label-word loss tolerates far more than token CE
+    weight_decay: float = 0.0
+    loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
+    seed: int = 0  # seeds A's init, batch order and every z
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    eval_every: int = 100  # steps between evaluations on `eval_size` held-out examples
+    eval_size: int = 200  # 0 = the whole eval set
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 0, "--steps must be >= 0"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.q >= 1, "--q must be >= 1"),
+            (self.eps > 0, "--eps must be > 0"),
+            (self.lr >= 0, "--lr must be >= 0"),
+            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.eval_every >= 0, "--eval-every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PrgeError(message)
+
+
+def example_losses(
+    engine: Engine, batch: Sequence[TokenizedExample], adapters: AdapterSet, loss: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (loss, correct?) under `adapters`, all examples scored in as few decodes as fit."""
+    requests = [r for ex in batch for r in ex.requests]
+    results = engine.score(requests, adapters)
+    losses, correct, i = [], [], 0
+    for ex in batch:
+        scores = option_scores(ex, results[i : i + len(ex.requests)])
+        i += len(ex.requests)
+        losses.append(example_loss(scores, ex.label, loss))
+        correct.append(int(np.argmax(scores)) == ex.label)
+    return np.array(losses), np.array(correct)
+
+
+def evaluate(
+    engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str
+) -> dict[str, float]:
+    """Mean loss and accuracy over `examples` (base model when `adapter` is None)."""
+    losses, correct = example_losses(engine, examples, [(adapter, 1.0)] if adapter else [], loss)
+    return {"loss": float(losses.mean()), "accuracy": float(correct.mean()), "n": len(examples)}
+
+
+def pair_loss_fn(
+    engine: Engine, adapter: LoraAdapter, batch: Sequence[TokenizedExample], cfg: TrainConfig
+) -> PairLoss:
+    """Losses at B +/- eps z_i for each scaled direction eps z_i, evaluated on `batch`."""
+
+    def mean_loss(adapters: AdapterSet) -> float:
+        return float(example_losses(engine, batch, adapters, cfg.loss)[0].mean())
+
+    def pair_loss(scaled: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        # One adapter per sign: B +/- eps z. (Stacking B and eps z as two adapters at scales
+        # 1 and +/-1 would save files, but llama.cpp mis-applies two adapters on one weight
+        # for attn_k and the ffn projections: see bench/NOTES.md.)
+        plus, minus = [], []
+        for dz in scaled:
+            for sign, out in ((1, plus), (-1, minus)):
+                b = {n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names}
+                out.append(mean_loss([(adapter.with_b(b), 1.0)]))
+        return np.array(plus), np.array(minus)
+
+    return pair_loss
+
+
+def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Examples of batch `step`: epochs of seeded permutations, so any step is reproducible alone."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_examples)
+        perm = np.random.default_rng([seed, 0xDA7A, epoch]).permutation(n_examples)
+        out.extend(int(i) for i in perm[offset : offset + batch_size - len(out)])
+    return out
+
+
+class RunLog:
+    """The run folder: config.json, metrics.jsonl (appended, flushed each row), adapter.gguf."""
+
+    def __init__(self, out_dir: Path, config: dict) -> None:
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self._metrics = (out_dir / "metrics.jsonl").open("a")
+
+    def metrics(self, row: dict) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str]) -> Path:
+        path = self.out_dir / "adapter.gguf"
+        write_gguf(adapter, path, extra)
+        return path
+
+    def close(self) -> None:
+        self._metrics.close()
+
+
+def train(
+    engine: Engine,
+    adapter: LoraAdapter,
+    train_set: Sequence[TokenizedExample],
+    eval_set: Sequence[TokenizedExample],
+    cfg: TrainConfig,
+    log: RunLog,
+    on_eval: Callable[[int, dict], None] = lambda step, m: None,
+) -> LoraAdapter:
+    """Run `cfg.steps` P-RGE steps from `adapter`; returns the trained adapter."""
+    eval_subset = eval_set[: cfg.eval_size] if cfg.eval_size else eval_set
+    meta = {"prge.task_loss": cfg.loss}
+    start = time.perf_counter()
+
+    def run_eval(step: int) -> None:
+        m = evaluate(engine, eval_subset, adapter, cfg.loss)
+        log.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
+                     "eval_n": m["n"], "wall": time.perf_counter() - start})
+        on_eval(step, m)
+
+    bar = tqdm(total=cfg.steps, desc="train", unit="step", dynamic_ncols=True)
+    if cfg.eval_every and eval_subset:
+        run_eval(0)
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
+        new_b, lp, lm = prge_step(
+            adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
+            q=cfg.q, eps=cfg.eps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        )
+        loss = float((lp.mean() + lm.mean()) / 2)
+        if not np.isfinite(loss):
+            raise PrgeError(f"step {step}: loss is {loss}; lower --lr or --eps (last adapter kept)")
+        adapter = adapter.with_b(new_b)
+        dt = time.perf_counter() - t0
+        tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
+        log.metrics({"step": step + 1, "loss": loss, "lr": cfg.lr, "tokens": tokens,
+                     "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
+        bar.update()
+        if cfg.eval_every and eval_subset and (step + 1) % cfg.eval_every == 0:
+            run_eval(step + 1)
+            log.save_adapter(adapter, meta)
+    bar.close()
+    log.save_adapter(adapter, meta)
+    return adapter
+
+
+def config_record(cfg: TrainConfig, **extra: object) -> dict:
+    """The resolved config as saved in config.json."""
+    return {"train": asdict(cfg), **extra}

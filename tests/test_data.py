@@ -1,0 +1,74 @@
+"""Examples -> score requests -> option scores and losses."""
+
+import numpy as np
+import pytest
+
+from prge_gguf.data import (
+    Example,
+    example_loss,
+    option_scores,
+    parse_label_words,
+    records_to_examples,
+    tokenize_example,
+)
+from prge_gguf.tasks import builtin_task
+
+
+class WordTokenizer:
+    """Each whitespace word is one token id (stable per word); BOS = 1 when add_special."""
+
+    def __init__(self):
+        self.ids = {}
+
+    def tokenize(self, text, add_special):
+        toks = [self.ids.setdefault(w, len(self.ids) + 10) for w in text.split()]
+        return [1, *toks] if add_special else toks
+
+
+def test_single_token_options_share_one_sequence():
+    tok = WordTokenizer()
+    ex = tokenize_example(tok, Example("the film It was", (" terrible", " great"), 1))
+    (req,) = ex.requests
+    assert req.tokens[0] == 1 and req.positions == (len(req.tokens) - 1,)
+    assert req.candidates == ((tok.ids["terrible"], tok.ids["great"]),)
+    scores = option_scores(ex, [[np.log(np.array([0.2, 0.6]))]])
+    np.testing.assert_allclose(scores, np.log([0.2, 0.6]))
+
+
+def test_multi_token_options_sum_their_tokens():
+    tok = WordTokenizer()
+    ex = tokenize_example(tok, Example("premise", (" not at all", " yes"), 0))
+    assert len(ex.requests) == 2
+    r0, r1 = ex.requests
+    assert r0.positions == (1, 2, 3) and len(r0.tokens) == 5
+    assert r1.positions == (1,) and r1.candidates == ((tok.ids["yes"],),)
+    results = [[np.array([-1.0]), np.array([-2.0]), np.array([-0.5])], [np.array([-4.0])]]
+    np.testing.assert_allclose(option_scores(ex, results), [-3.5, -4.0])
+
+
+def test_losses():
+    scores = np.log(np.array([0.1, 0.3]))
+    # label loss renormalises over the options; vocab loss is the full-vocabulary NLL.
+    assert example_loss(scores, 1, "label") == pytest.approx(-np.log(0.75))
+    assert example_loss(scores, 1, "vocab") == pytest.approx(-np.log(0.3))
+
+
+def test_label_words_parsing():
+    assert parse_label_words("0=terrible, 1=great") == {"0": "terrible", "1": "great"}
+    assert parse_label_words("no,yes") == {"0": "no", "1": "yes"}
+
+
+def test_records_render_template_and_labels():
+    recs = [("f:1", {"text": " nice ", "label": 1}), ("f:2", {"text": "bad", "label": False})]
+    exs = records_to_examples(recs, "{text} It was", {"1": "great", "false": "terrible"})
+    assert exs[0] == Example("nice It was", (" great", " terrible"), 0)
+    assert exs[1].label == 1
+
+
+def test_builtin_sst2_ships_its_data():
+    task = builtin_task("sst2")
+    train, dev = task.examples(task.train_file), task.examples(task.dev_file)
+    assert (len(train), len(dev)) == (1000, 872)
+    assert dev[0].options == (" terrible", " great")
+    assert dev[0].context.endswith(" It was") and not dev[0].context.startswith(" ")
+    assert 0.4 < np.mean([e.label for e in dev]) < 0.6

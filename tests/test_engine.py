@@ -1,0 +1,76 @@
+"""The llama.cpp engine on the real default model: adapters, batching, export to llama.cpp."""
+
+import numpy as np
+import pytest
+
+from prge_gguf.engine import ScoreRequest
+from prge_gguf.lora import init_lora_fa, read_gguf, write_gguf
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["a gorgeous, witty, seductive movie. It was", "the plot is nothing but boilerplate. It was",
+         "It was"]
+
+
+def _full_requests(engine, texts=TEXTS):
+    """One request per text: log-probs of every vocabulary entry after its last token."""
+    everything = tuple(range(engine.n_vocab))
+    out = []
+    for t in texts:
+        toks = engine.tokenize(t, add_special=True)
+        out.append(ScoreRequest(tuple(toks), (len(toks) - 1,), (everything,)))
+    return out
+
+
+def _random_b(adapter, scale=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    return adapter.with_b({n: (scale * rng.standard_normal(b.shape)).astype(np.float32)
+                           for n, b in adapter.b.items()})
+
+
+def test_zero_b_adapter_is_bit_identical_to_no_adapter(engine):
+    reqs = _full_requests(engine)
+    base = engine.score(reqs, [])
+    zero = init_lora_fa(engine.header, ["attn_q", "attn_v", "ffn_down"], 8, 16, seed=0)
+    with_zero = engine.score(reqs, [(zero, 1.0)])
+    for a, b in zip(base, with_zero, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    trained = engine.score(reqs, [(_random_b(zero), 1.0)])
+    assert max(np.abs(a[0] - b[0]).max() for a, b in zip(base, trained, strict=True)) > 1e-2
+
+
+def test_batched_scoring_equals_one_sequence_at_a_time(engine):
+    adapter = _random_b(init_lora_fa(engine.header, ["attn_v"], 4, 8, seed=1))
+    reqs = _full_requests(engine)
+    together = engine.score(reqs, [(adapter, 1.0)])
+    for req, joint in zip(reqs, together, strict=True):
+        alone = engine.score([req], [(adapter, 1.0)])[0]
+        np.testing.assert_allclose(joint[0], alone[0], atol=2e-4)
+
+
+def test_exported_adapter_gives_same_logits_in_llama_cpp_python(engine, model_path, tmp_path):
+    from llama_cpp import Llama
+
+    adapter = _random_b(init_lora_fa(engine.header, ["attn_q", "attn_k", "attn_v", "ffn_gate"],
+                                     8, 16, seed=5), scale=0.03)
+    path = tmp_path / "adapter.gguf"
+    write_gguf(adapter, path)
+    reloaded = read_gguf(path)
+    assert reloaded.names == adapter.names and reloaded.alpha == 16.0
+    for n in adapter.names:
+        np.testing.assert_array_equal(reloaded.b[n], adapter.b[n])
+
+    text = TEXTS[0]
+    ours = engine.score(_full_requests(engine, [text]), [(reloaded, 1.0)])[0][0]
+    llm = Llama(model_path=str(model_path), lora_path=str(path), n_ctx=256, n_threads=2,
+                logits_all=True, verbose=False)
+    tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
+    assert tokens == engine.tokenize(text, add_special=True)
+    llm.eval(tokens)
+    logits = np.array(llm.scores[len(tokens) - 1], dtype=np.float64)
+    theirs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    assert int(np.argmax(ours)) == int(np.argmax(theirs))
+    base = engine.score(_full_requests(engine, [text]), [])[0][0]
+    assert np.abs(base - theirs).max() > 1e-2  # the adapter really was applied there
+    llm.close()

@@ -1,0 +1,86 @@
+"""Bad input gives one clear line naming the place, exit code 2, no traceback."""
+
+import json
+
+import pytest
+
+from prge_gguf.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_missing_model_file(capsys, tmp_path):
+    code, err = _run(capsys, "info", str(tmp_path / "nope.gguf"))
+    assert code == 2
+    assert err == f"error: {tmp_path / 'nope.gguf'}: file not found (expected a .gguf model or adapter file)"
+
+
+def test_file_that_is_not_gguf(capsys, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("definitely not a model")
+    code, err = _run(capsys, "eval", "--model", str(bad), "--task", "sst2")
+    assert code == 2
+    assert err == f"error: {bad}: not a GGUF file (its first bytes are not 'GGUF')"
+
+
+def test_truncated_gguf(capsys, tmp_path, model_path):
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(model_path.read_bytes()[:4096])
+    code, err = _run(capsys, "info", str(bad))
+    assert code == 2
+    assert err.startswith(f"error: {bad}: truncated or corrupt GGUF header")
+    assert "\n" not in err
+
+
+@pytest.mark.slow
+def test_unknown_target_name(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--task", "sst2", "--targets", "attn_q,attn_qq",
+                     "--steps", "1", "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert err.startswith("error: --targets: unknown target 'attn_qq' for this llama model")
+    assert "attn_q, attn_k, attn_v" in err
+    assert not (tmp_path / "run" / "adapter.gguf").exists()
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_malformed_jsonl_line_is_named(capsys, tmp_path):
+    data = _jsonl(tmp_path / "train.jsonl", [{"text": "good", "label": 1}, '{"text": "bad", \n'])
+    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "0=bad,1=good")
+    assert code == 2
+    assert err.startswith(f"error: {data}:2: malformed JSON")
+
+
+def test_label_without_label_word(capsys, tmp_path):
+    data = _jsonl(tmp_path / "train.jsonl",
+                  [{"text": "fine", "label": 1}, {"text": "meh", "label": "neutral"}])
+    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "0=bad,1=good")
+    assert code == 2
+    assert err == (f"error: {data}:2: label 'neutral' has no label word (known: 0, 1); "
+                   "add it to --label-words")
+
+
+def test_missing_template_field(capsys, tmp_path):
+    data = _jsonl(tmp_path / "train.jsonl", [{"sentence": "fine", "label": 1}])
+    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "bad,good")
+    assert code == 2
+    assert err == f"error: {data}:1: missing field 'text' (record has: sentence, label)"
+
+
+def test_empty_dataset(capsys, tmp_path):
+    data = _jsonl(tmp_path / "train.jsonl", ["\n"])
+    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "bad,good")
+    assert code == 2
+    assert err == "error: dataset is empty: no examples to train or evaluate on"
+
+
+def test_invalid_config_value(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--task", "sst2", "--q", "0", "--out", str(tmp_path))
+    assert (code, err) == (2, "error: --q must be >= 1")
