@@ -13,8 +13,8 @@ from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
 
-_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "weight_decay", "loss", "seed", "rank",
-              "alpha", "targets", "eval_every", "eval_size")
+_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "seed",
+              "rank", "alpha", "targets", "eval_every", "eval_size")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--task", help="built-in task: sst2")
     g.add_argument("--data", help="training/eval data: JSONL of {'text': ..., 'label': ...} or TSV")
-    p.add_argument("--valid", help="held-out data for --data (same format)")
+    p.add_argument("--valid", help="held-out data (same format; with --task it replaces the task's dev set)")
     p.add_argument("--template", default="{text}", help="prompt template over record fields")
     p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space)")
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--q", type=int, help="random directions (queries) per step")
     tr.add_argument("--eps", type=float, help="perturbation scale")
     tr.add_argument("--lr", type=float, help="learning rate")
+    tr.add_argument("--lr-schedule", choices=("constant", "linear"), help="learning-rate schedule")
     tr.add_argument("--weight-decay", type=float)
     tr.add_argument("--loss", choices=("label", "vocab"),
                     help="label: CE over label words (default); vocab: full-vocabulary token CE")
@@ -92,7 +93,8 @@ def _datasets(args: argparse.Namespace):
 
     if args.task:
         task = builtin_task(args.task)
-        return task.examples(task.train_file), task.examples(task.dev_file)
+        held_out = Path(args.valid) if args.valid else task.dev_file
+        return task.examples(task.train_file), task.examples(held_out)
     if not args.label_words:
         raise PrgeError("--data needs --label-words (e.g. '0=terrible,1=great')")
     task = Task("custom", args.template, parse_label_words(args.label_words))

@@ -18,6 +18,7 @@ from prge_gguf.lora import TARGETS, LoraAdapter, write_gguf
 from prge_gguf.prge import PairLoss, prge_step
 
 LOSSES = ("label", "vocab")
+SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainConfig:
     q: int = 1  # queries (random directions) per step
     eps: float = 1e-2  # perturbation size
     lr: float = 5e-3  # ZO learning rate; label-word loss tolerates far more than token CE
+    lr_schedule: str = "constant"  # "constant" or "linear" (decay to 0 at the last step)
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
     seed: int = 0  # seeds A's init, batch order and every z
@@ -45,6 +47,7 @@ class TrainConfig:
             (self.q >= 1, "--q must be >= 1"),
             (self.eps > 0, "--eps must be > 0"),
             (self.lr >= 0, "--lr must be >= 0"),
+            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
         ]
@@ -96,6 +99,13 @@ def pair_loss_fn(
         return np.array(plus), np.array(minus)
 
     return pair_loss
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of `step` (0-based) under the configured schedule."""
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - step / max(cfg.steps, 1))
+    return cfg.lr
 
 
 def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -159,7 +169,7 @@ def train(
         batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
         new_b, lp, lm = prge_step(
             adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
-            q=cfg.q, eps=cfg.eps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            q=cfg.q, eps=cfg.eps, lr=lr_at(cfg, step), weight_decay=cfg.weight_decay,
         )
         loss = float((lp.mean() + lm.mean()) / 2)
         if not np.isfinite(loss):
@@ -167,7 +177,7 @@ def train(
         adapter = adapter.with_b(new_b)
         dt = time.perf_counter() - t0
         tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
-        log.metrics({"step": step + 1, "loss": loss, "lr": cfg.lr, "tokens": tokens,
+        log.metrics({"step": step + 1, "loss": loss, "lr": lr_at(cfg, step), "tokens": tokens,
                      "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
         bar.update()
