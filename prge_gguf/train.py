@@ -30,7 +30,7 @@ class TrainConfig:
     q: int = 1  # queries (random directions) per step
     eps: float = 1e-2  # perturbation size
     lr: float = 5e-3  # ZO learning rate; label-word loss tolerates far more than token CE
-    lr_schedule: str = "constant"  # "constant" or "linear" (decay to 0 at the last step)
+    lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
     seed: int = 0  # seeds A's init, batch order and every z

@@ -1,0 +1,77 @@
+"""Training on the real default model and real SST-2 rows: the loss goes down; the CLI writes a run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from prge_gguf.cli import main
+from prge_gguf.data import tokenize_example
+from prge_gguf.lora import init_lora_fa, read_gguf
+from prge_gguf.tasks import builtin_task
+from prge_gguf.train import RunLog, TrainConfig, batch_indices, evaluate, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_minibatch_loss_goes_down_on_real_data(engine, tmp_path):
+    task = builtin_task("sst2")
+    batch = [tokenize_example(engine, e) for e in task.examples(task.train_file)[:8]]
+    # Every step sees the same 8 examples, so the minibatch loss is the training objective.
+    cfg = TrainConfig(steps=12, batch_size=8, q=2, lr=1e-2, targets=["attn_v", "attn_output"],
+                      eval_every=0)
+    adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+    before = evaluate(engine, batch, adapter, cfg.loss)["loss"]
+    log = RunLog(tmp_path, {})
+    trained = train(engine, adapter, batch, [], cfg, log, lambda *_: None)
+    log.close()
+    after = evaluate(engine, batch, trained, cfg.loss)["loss"]
+    assert after < before - 0.05, (before, after)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert np.mean([r["loss"] for r in rows[-4:]]) < np.mean([r["loss"] for r in rows[:4]])
+    saved = read_gguf(tmp_path / "adapter.gguf")
+    np.testing.assert_array_equal(saved.b["blk.0.attn_v.weight"], trained.b["blk.0.attn_v.weight"])
+
+
+def test_batches_are_seeded_epochs():
+    first = [batch_indices(10, 4, seed=3, step=s) for s in range(5)]
+    assert first == [batch_indices(10, 4, seed=3, step=s) for s in range(5)]
+    epoch0 = first[0] + first[1] + first[2][:2]
+    assert sorted(epoch0) == list(range(10))  # each epoch visits every example once
+    assert first != [batch_indices(10, 4, seed=4, step=s) for s in range(5)]
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in
+                             [("a masterpiece", 1), ("dull and lifeless", 0), ("wonderful", 1)]))
+    code = main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "2", "--batch-size", "4",
+                 "--targets", "attn_v", "--eval-every", "1", "--out", str(out)])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"adapter.gguf", "config.json", "metrics.jsonl"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["steps"] == 2 and config["train"]["targets"] == ["attn_v"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 1, 2]
+    assert rows[-1]["eval_n"] == 3 and "final_eval_accuracy" in rows[-1]
+    capsys.readouterr()
+    code = main(["eval", "--data", str(valid), "--label-words", "0=terrible,1=great",
+                 "--template", "{text} It was", "--adapter", str(out / "adapter.gguf"), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_adapter_for_another_base_is_refused(tmp_path, capsys, engine):
+    from prge_gguf.lora import write_gguf
+
+    adapter = init_lora_fa(engine.header, ["attn_v"], 4, 8, seed=0)
+    other = adapter.with_b(adapter.b)
+    object.__setattr__(other, "fingerprint", "0123456789abcdef")
+    path = tmp_path / "other.gguf"
+    write_gguf(other, path)
+    code = main(["eval", "--task", "sst2", "--limit", "2", "--adapter", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "adapter was trained for another base model" in err and str(path) in err
