@@ -14,22 +14,22 @@ from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
 
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "seed",
-              "rank", "alpha", "targets", "eval_every", "eval_size")
+              "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="base model GGUF (default: the shipped SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to GPU (-1 = all)")
-    p.add_argument("--n-ctx", type=int, default=1024, help="tokens per decode (context size)")
+    p.add_argument("--n-gpu-layers", type=int, help="layers offloaded to GPU (-1 = all; default 0)")
+    p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default 1024)")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--task", help="built-in task: sst2")
     g.add_argument("--data", help="training/eval data: JSONL of {'text': ..., 'label': ...} or TSV")
     p.add_argument("--valid", help="held-out data (same format; with --task it replaces the task's dev set)")
-    p.add_argument("--template", default="{text}", help="prompt template over record fields")
+    p.add_argument("--template", help="prompt template over record fields (default '{text}')")
     p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space)")
 
 
@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE")
     _add_model_args(tr)
-    _add_data_args(tr)
-    tr.add_argument("--out", required=True, help="run folder (adapter.gguf, config.json, metrics.jsonl)")
+    _add_data_args(tr, required=False)
+    tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
+    tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
+    tr.add_argument("--resume", metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR from its last checkpoint, with its saved settings")
     tr.add_argument("--steps", type=int, help="P-RGE steps")
     tr.add_argument("--batch-size", type=int, help="examples per step")
     tr.add_argument("--q", type=int, help="random directions (queries) per step")
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated projections (default all: {','.join(TARGETS)})")
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
     tr.add_argument("--eval-size", type=int, help="held-out examples per evaluation (0 = all)")
+    tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
 
     ev = sub.add_parser("eval", help="accuracy and loss of the model, with or without an adapter")
     _add_model_args(ev)
@@ -67,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--loss", choices=("label", "vocab"), default="label")
     ev.add_argument("--limit", type=int, help="evaluate only the first N examples")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    pl = sub.add_parser("plot", help="training curves of a run folder as a PNG")
+    pl.add_argument("run_dir", help="run folder written by 'prge-gguf train'")
+    pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
 
     info = sub.add_parser("info", help="architecture, quant types and target tensors of a GGUF")
     info.add_argument("model", nargs="?", help="GGUF file (default: the shipped SmolLM2 model)")
@@ -102,22 +110,49 @@ def _datasets(args: argparse.Namespace):
     return train, task.examples(Path(args.valid)) if args.valid else []
 
 
+_SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx")
+# Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
+_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}"}
+_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers")
+
+
+def _check_base(adapter, engine, path: str) -> None:
+    """Refuse an adapter whose recorded base-model fingerprint is not this model's."""
+    base = base_fingerprint(engine.header)
+    if adapter.fingerprint and adapter.fingerprint != base:
+        raise PrgeError(f"{path}: adapter was trained for another base model "
+                        f"(fingerprint {adapter.fingerprint}, this model {base})")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from prge_gguf.data import tokenize_example
     from prge_gguf.lora import init_lora_fa
-    from prge_gguf.train import RunLog, TrainConfig, config_record, evaluate, train
+    from prge_gguf.run_dir import RunDir
+    from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
-    overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
-    cfg = TrainConfig(**overrides)
+    if args.resume:
+        run, saved, start_step, adapter = RunDir.open_resume(Path(args.resume))
+        cfg = TrainConfig(**saved["train"])
+        vars(args).update(saved["source"])
+    else:
+        if not (args.task or args.data) or not args.out:
+            raise PrgeError("train needs --task or --data, and --out (or --resume RUN_DIR)")
+        overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
+        cfg, run, start_step, adapter = TrainConfig(**overrides), None, 0, None
+        if (Path(args.out) / "metrics.jsonl").exists():
+            raise PrgeError(f"{args.out}: already holds a run (metrics.jsonl); choose another --out, "
+                            "resume it with --resume, or remove it")
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
-        adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+        if adapter is None:
+            adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+            source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
+            run = RunDir.open_new(Path(args.out), config_record(
+                cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
+        else:
+            _check_base(adapter, engine, args.resume)
         train_tok = [tokenize_example(engine, e) for e in train_ex]
         eval_tok = [tokenize_example(engine, e) for e in eval_ex]
-        log = RunLog(Path(args.out), config_record(
-            cfg, model=str(engine.model_path), base_fingerprint=adapter.fingerprint,
-            task=args.task or args.data, version=__version__,
-            n_train=len(train_tok), n_eval=len(eval_tok)))
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
@@ -126,18 +161,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             tqdm.write(f"step {step}: eval loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f} (n={m['n']})")
 
         try:
-            adapter = train(engine, adapter, train_tok, eval_tok, cfg, log, on_eval)
+            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step)
             train_s = time.perf_counter() - t0
             if eval_tok:
                 final = evaluate(engine, eval_tok, adapter, cfg.loss)
-                log.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
+                run.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
                 print(f"final: eval accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f} "
                       f"on {final['n']} examples; training took {train_s:.0f} s")
         finally:
-            log.close()
-    print(f"adapter written to {Path(args.out) / 'adapter.gguf'}")
+            run.close()
+    print(f"adapter written to {run.path / 'adapter.gguf'}")
     return 0
 
 
@@ -154,10 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         adapter = None
         if args.adapter:
             adapter = read_gguf(args.adapter)
-            base = base_fingerprint(engine.header)
-            if adapter.fingerprint and adapter.fingerprint != base:
-                raise PrgeError(f"{args.adapter}: adapter was trained for another base model "
-                                f"(fingerprint {adapter.fingerprint}, this model {base})")
+            _check_base(adapter, engine, args.adapter)
         t0 = time.perf_counter()
         m = evaluate(engine, [tokenize_example(engine, e) for e in examples], adapter, args.loss)
         m["seconds"] = time.perf_counter() - t0
@@ -194,11 +226,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from prge_gguf.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info}[args.command]
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot}[args.command]
     try:
+        if getattr(args, "config", None):
+            from prge_gguf.config_file import load_config_file
+
+            for key, value in load_config_file(args.config, _FILE_KEYS).items():
+                if getattr(args, key) is None:
+                    setattr(args, key, value)
+        for key, value in _DEFAULTS.items():
+            if hasattr(args, key) and getattr(args, key) is None:
+                setattr(args, key, value)
         return handler(args)
     except PrgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

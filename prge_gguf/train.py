@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 from tqdm import tqdm
@@ -14,8 +12,9 @@ from tqdm import tqdm
 from prge_gguf.data import TokenizedExample, example_loss, option_scores
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import TARGETS, LoraAdapter, write_gguf
+from prge_gguf.lora import TARGETS, LoraAdapter
 from prge_gguf.prge import PairLoss, prge_step
+from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
@@ -39,8 +38,16 @@ class TrainConfig:
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
     eval_every: int = 100  # steps between evaluations on `eval_size` held-out examples
     eval_size: int = 200  # 0 = the whole eval set
+    checkpoint_every: int = 50  # steps between resumable checkpoints (0 = only at the end / on Ctrl-C)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = type(f.default if f.default is not MISSING else f.default_factory())
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise PrgeError(f"{f.name}: expected {expected.__name__}, got {value!r}")
         checks = [
             (self.steps >= 0, "--steps must be >= 0"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
@@ -50,6 +57,7 @@ class TrainConfig:
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -119,74 +127,74 @@ def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> lis
     return out
 
 
-class RunLog:
-    """The run folder: config.json, metrics.jsonl (appended, flushed each row), adapter.gguf."""
-
-    def __init__(self, out_dir: Path, config: dict) -> None:
-        self.out_dir = out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self._metrics = (out_dir / "metrics.jsonl").open("a")
-
-    def metrics(self, row: dict) -> None:
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
-
-    def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str]) -> Path:
-        path = self.out_dir / "adapter.gguf"
-        write_gguf(adapter, path, extra)
-        return path
-
-    def close(self) -> None:
-        self._metrics.close()
-
-
 def train(
     engine: Engine,
     adapter: LoraAdapter,
     train_set: Sequence[TokenizedExample],
     eval_set: Sequence[TokenizedExample],
     cfg: TrainConfig,
-    log: RunLog,
+    run: RunDir,
     on_eval: Callable[[int, dict], None] = lambda step, m: None,
+    start_step: int = 0,
 ) -> LoraAdapter:
-    """Run `cfg.steps` P-RGE steps from `adapter`; returns the trained adapter."""
+    """Run P-RGE steps `start_step`..`cfg.steps` from `adapter`; returns the trained adapter.
+
+    Checkpoints every `cfg.checkpoint_every` steps and on Ctrl-C; a run resumed
+    from a checkpoint ends bit-identical to an uninterrupted one.
+    """
     eval_subset = eval_set[: cfg.eval_size] if cfg.eval_size else eval_set
     meta = {"prge.task_loss": cfg.loss}
     start = time.perf_counter()
 
     def run_eval(step: int) -> None:
         m = evaluate(engine, eval_subset, adapter, cfg.loss)
-        log.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
+        run.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
                      "eval_n": m["n"], "wall": time.perf_counter() - start})
         on_eval(step, m)
 
-    bar = tqdm(total=cfg.steps, desc="train", unit="step", dynamic_ncols=True)
-    if cfg.eval_every and eval_subset:
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    if cfg.eval_every and eval_subset and start_step == 0:
         run_eval(0)
-    for step in range(cfg.steps):
-        t0 = time.perf_counter()
-        batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
-        new_b, lp, lm = prge_step(
-            adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
-            q=cfg.q, eps=cfg.eps, lr=lr_at(cfg, step), weight_decay=cfg.weight_decay,
-        )
-        loss = float((lp.mean() + lm.mean()) / 2)
-        if not np.isfinite(loss):
-            raise PrgeError(f"step {step}: loss is {loss}; lower --lr or --eps (last adapter kept)")
-        adapter = adapter.with_b(new_b)
-        dt = time.perf_counter() - t0
-        tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
-        log.metrics({"step": step + 1, "loss": loss, "lr": lr_at(cfg, step), "tokens": tokens,
-                     "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
-        bar.update()
-        if cfg.eval_every and eval_subset and (step + 1) % cfg.eval_every == 0:
-            run_eval(step + 1)
-            log.save_adapter(adapter, meta)
-    bar.close()
-    log.save_adapter(adapter, meta)
+    step = start_step
+    try:
+        while step < cfg.steps:
+            adapter, loss, tok_s = _step(engine, adapter, train_set, cfg, run, step, start)
+            step += 1
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
+            bar.update()
+            if cfg.eval_every and eval_subset and step % cfg.eval_every == 0:
+                run_eval(step)
+                run.save_adapter(adapter, meta)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                run.save_checkpoint(adapter, step)
+    except KeyboardInterrupt:
+        run.save_checkpoint(adapter, step)
+        raise
+    finally:
+        bar.close()
+    run.save_checkpoint(adapter, step)
+    run.save_adapter(adapter, meta)
     return adapter
+
+
+def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExample],
+          cfg: TrainConfig, run: RunDir, step: int, start: float) -> tuple[LoraAdapter, float, float]:
+    """One P-RGE step (0-based `step`), logged; returns (updated adapter, loss, tokens/s)."""
+    t0 = time.perf_counter()
+    batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
+    new_b, lp, lm = prge_step(
+        adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
+        q=cfg.q, eps=cfg.eps, lr=lr_at(cfg, step), weight_decay=cfg.weight_decay,
+    )
+    loss = float((lp.mean() + lm.mean()) / 2)
+    if not np.isfinite(loss):
+        raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
+                        "(the last checkpoint and adapter.gguf are kept)")
+    dt = time.perf_counter() - t0
+    tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
+    run.metrics({"step": step + 1, "loss": loss, "lr": lr_at(cfg, step), "tokens": tokens,
+                 "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
+    return adapter.with_b(new_b), loss, tokens / dt
 
 
 def config_record(cfg: TrainConfig, **extra: object) -> dict:

@@ -84,3 +84,28 @@ def test_empty_dataset(capsys, tmp_path):
 def test_invalid_config_value(capsys, tmp_path):
     code, err = _run(capsys, "train", "--task", "sst2", "--q", "0", "--out", str(tmp_path))
     assert (code, err) == (2, "error: --q must be >= 1")
+
+
+def test_existing_run_folder_is_not_overwritten(capsys, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    code, err = _run(capsys, "train", "--task", "sst2", "--out", str(tmp_path))
+    assert code == 2
+    assert err == (f"error: {tmp_path}: already holds a run (metrics.jsonl); choose another --out, "
+                   "resume it with --resume, or remove it")
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_config_file_unknown_key(capsys, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sst2\nlearning_rate: 0.1\n")
+    code, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert err.startswith(f"error: {cfg}: unknown key 'learning_rate' (expected one of: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_wrong_type(capsys, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sst2\nlr: fast\n")
+    code, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert (code, err) == (2, "error: lr: expected float, got 'fast'")

@@ -8,8 +8,9 @@ import pytest
 from prge_gguf.cli import main
 from prge_gguf.data import tokenize_example
 from prge_gguf.lora import init_lora_fa, read_gguf
+from prge_gguf.run_dir import RunDir
 from prge_gguf.tasks import builtin_task
-from prge_gguf.train import RunLog, TrainConfig, batch_indices, evaluate, train
+from prge_gguf.train import TrainConfig, batch_indices, evaluate, train
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +23,9 @@ def test_minibatch_loss_goes_down_on_real_data(engine, tmp_path):
                       eval_every=0)
     adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
     before = evaluate(engine, batch, adapter, cfg.loss)["loss"]
-    log = RunLog(tmp_path, {})
-    trained = train(engine, adapter, batch, [], cfg, log, lambda *_: None)
-    log.close()
+    run = RunDir.open_new(tmp_path, {})
+    trained = train(engine, adapter, batch, [], cfg, run)
+    run.close()
     after = evaluate(engine, batch, trained, cfg.loss)["loss"]
     assert after < before - 0.05, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +51,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
     code = main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "2", "--batch-size", "4",
                  "--targets", "attn_v", "--eval-every", "1", "--out", str(out)])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"adapter.gguf", "config.json", "metrics.jsonl"}
+    assert {p.name for p in out.iterdir()} == {"adapter.gguf", "config.json", "metrics.jsonl",
+                                               "checkpoint.json", "checkpoint-000002.gguf"}
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["steps"] == 2 and config["train"]["targets"] == ["attn_v"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -75,3 +77,17 @@ def test_adapter_for_another_base_is_refused(tmp_path, capsys, engine):
     code = main(["eval", "--task", "sst2", "--limit", "2", "--adapter", str(path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "adapter was trained for another base model" in err and str(path) in err
+
+
+def test_config_file_with_cli_override(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "superb", "label": 1}\n')
+    cfg.write_text(f"task: sst2\nvalid: {valid}\nsteps: 1\nbatch-size: 2\nlr: 0.001\n"
+                   f"targets: [attn_v]\neval_every: 0\nout: {tmp_path / 'from_file'}\n")
+    assert main(["train", "--config", str(cfg), "--lr", "0.002", "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["lr"] == 0.002  # the flag wins over the file
+    assert saved["train"]["batch_size"] == 2 and saved["train"]["targets"] == ["attn_v"]
+    assert saved["source"]["valid"] == str(valid)
+    assert not (tmp_path / "from_file").exists()

@@ -1,0 +1,98 @@
+"""The run folder: config.json, metrics.jsonl, adapter.gguf and the resumable checkpoint.
+
+Every file that training rewrites is replaced atomically (temp file + rename),
+so a run killed at any instant leaves either the old or the new version. The
+checkpoint is `checkpoint-<step>.gguf` (the adapter: A and B) committed by
+`checkpoint.json` naming it; batch order and every z derive from (seed, step),
+so the step number is all the rest of the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from prge_gguf.errors import PrgeError
+from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (a crash leaves the old file or the new one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """Writes one training run's folder; `open_new` starts one, `open_resume` continues one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._metrics = None
+
+    @classmethod
+    def open_new(cls, path: Path, config: dict) -> RunDir:
+        """Start a run in `path`; refuses a folder that already holds one."""
+        if (path / "metrics.jsonl").exists():
+            raise PrgeError(f"{path}: already holds a run (metrics.jsonl); choose another --out, "
+                            "resume it with --resume, or remove it")
+        path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        run = cls(path)
+        run._metrics = (path / "metrics.jsonl").open("a")
+        return run
+
+    @classmethod
+    def open_resume(cls, path: Path) -> tuple[RunDir, dict, int, LoraAdapter]:
+        """(run, saved config, step, adapter) of the last checkpoint in `path`.
+
+        Metrics logged after that checkpoint are dropped: the resumed run logs them again.
+        """
+        config_file, state_file = path / "config.json", path / "checkpoint.json"
+        if not config_file.is_file():
+            raise PrgeError(f"{path}: not a run folder (no config.json)")
+        if not state_file.is_file():
+            raise PrgeError(f"{path}: no checkpoint to resume from (checkpoint.json missing)")
+        config = json.loads(config_file.read_text())
+        state = json.loads(state_file.read_text())
+        step, adapter = int(state["step"]), read_gguf(path / state["adapter"])
+        metrics = path / "metrics.jsonl"
+        kept = [line for line in (metrics.read_text().splitlines() if metrics.exists() else [])
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+        run = cls(path)
+        run._metrics = metrics.open("a")
+        return run, config, step, adapter
+
+    def metrics(self, row: dict) -> None:
+        """Append one row to metrics.jsonl (flushed, so a killed run keeps what it logged)."""
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str]) -> Path:
+        """Write the current adapter as adapter.gguf (atomically)."""
+        path = self.path / "adapter.gguf"
+        write_gguf(adapter, path, extra)
+        return path
+
+    def save_checkpoint(self, adapter: LoraAdapter, step: int) -> None:
+        """Write checkpoint-<step>.gguf, commit it in checkpoint.json, then drop older ones."""
+        name = f"checkpoint-{step:06d}.gguf"
+        write_gguf(adapter, self.path / name, {"prge.step": str(step)})
+        write_text_atomic(self.path / "checkpoint.json", json.dumps({"step": step, "adapter": name}) + "\n")
+        for old in self.path.glob("checkpoint-*.gguf"):
+            if old.name != name:
+                old.unlink()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
