@@ -24,10 +24,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default 1024)")
 
 
-def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--task", help="built-in task: sst2")
-    g.add_argument("--data", help="training/eval data: JSONL of {'text': ..., 'label': ...} or TSV")
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="built-in task: sst2 (data shipped), rte, cb, copa, wic (bring --data)")
+    p.add_argument("--data", help="training data: JSONL of {'text': ..., 'label': ...} (or 'options': "
+                                  "[...] with 'label' an index), or TSV with a header; with --task, "
+                                  "that task's fields")
     p.add_argument("--valid", help="held-out data (same format; with --task it replaces the task's dev set)")
     p.add_argument("--template", help="prompt template over record fields (default '{text}')")
     p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space)")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE")
     _add_model_args(tr)
-    _add_data_args(tr, required=False)
+    _add_data_args(tr)
     tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
     tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
     tr.add_argument("--resume", metavar="RUN_DIR",
@@ -94,20 +95,26 @@ def _open_engine(args: argparse.Namespace):
                        n_gpu_layers=args.n_gpu_layers)
 
 
-def _datasets(args: argparse.Namespace):
-    """(train examples, held-out examples) from --task or --data/--valid."""
+def _task(args: argparse.Namespace):
+    """The built-in task of --task, or one made of --template and --label-words."""
     from prge_gguf.data import parse_label_words
     from prge_gguf.tasks import Task, builtin_task
 
+    if not (args.task or args.data):
+        raise PrgeError("pass --task NAME or --data FILE")
     if args.task:
-        task = builtin_task(args.task)
-        held_out = Path(args.valid) if args.valid else task.dev_file
-        return task.examples(task.train_file), task.examples(held_out)
-    if not args.label_words:
-        raise PrgeError("--data needs --label-words (e.g. '0=terrible,1=great')")
-    task = Task("custom", args.template, parse_label_words(args.label_words))
-    train = task.examples(Path(args.data))
-    return train, task.examples(Path(args.valid)) if args.valid else []
+        return builtin_task(args.task)
+    return Task("custom", args.template, parse_label_words(args.label_words) if args.label_words else None)
+
+
+def _datasets(args: argparse.Namespace):
+    """(train examples, held-out examples) from --task and/or --data/--valid."""
+    task = _task(args)
+    train_file = Path(args.data) if args.data else task.train_file
+    if train_file is None:
+        raise PrgeError(f"--task {task.name} ships no data: pass --data TRAIN.jsonl (and --valid)")
+    held_out = Path(args.valid) if args.valid else task.dev_file
+    return task.examples(train_file), task.examples(held_out) if held_out else []
 
 
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx")
@@ -135,8 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**saved["train"])
         vars(args).update(saved["source"])
     else:
-        if not (args.task or args.data) or not args.out:
-            raise PrgeError("train needs --task or --data, and --out (or --resume RUN_DIR)")
+        if not args.out:
+            raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         cfg, run, start_step, adapter = TrainConfig(**overrides), None, 0, None
         if (Path(args.out) / "metrics.jsonl").exists():
@@ -181,8 +188,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from prge_gguf.lora import read_gguf
     from prge_gguf.train import evaluate
 
-    train_ex, eval_ex = _datasets(args)
-    examples = eval_ex or train_ex
+    task = _task(args)
+    source = args.valid or args.data or task.dev_file
+    if source is None:
+        raise PrgeError(f"--task {task.name} ships no data: pass --data FILE to evaluate")
+    examples = task.examples(Path(source))
     if args.limit:
         examples = examples[: args.limit]
     with _open_engine(args) as engine:

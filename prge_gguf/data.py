@@ -60,28 +60,49 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def _label_of(place: str, rec: dict, labels: list[str]) -> int:
+    raw = rec["label"]
+    label = str(raw).lower() if isinstance(raw, bool) else str(raw).strip()
+    if label not in labels:
+        raise PrgeError(
+            f"{place}: label '{label}' has no label word (known: {', '.join(labels)}); "
+            f"add it to --label-words"
+        )
+    return labels.index(label)
+
+
 def records_to_examples(
-    records: Sequence[tuple[str, dict]], template: str, label_words: dict[str, str]
+    records: Sequence[tuple[str, dict]],
+    template: str,
+    label_words: dict[str, str] | None,
+    joiner: str = " ",
 ) -> list[Example]:
-    """Render `(place, record)` pairs; `place` ("file:line") names the record in errors."""
-    labels = list(label_words)
-    options = tuple(" " + label_words[lab] for lab in labels)
+    """Render `(place, record)` pairs; `place` ("file:line") names the record in errors.
+
+    With `label_words` the options are those words (each after `joiner`); a
+    record with an `options` list is multiple choice instead (`label` = index).
+    """
+    labels = list(label_words or {})
     fields = _fields(template)
     examples = []
     for place, rec in records:
         for f in [*fields, "label"]:
             if f not in rec:
                 raise PrgeError(f"{place}: missing field '{f}' (record has: {', '.join(rec)})")
-        label = str(rec["label"]).strip()
-        if isinstance(rec["label"], bool):
-            label = str(rec["label"]).lower()
-        if label not in label_words:
-            raise PrgeError(
-                f"{place}: label '{label}' has no label word (known: {', '.join(labels)}); "
-                f"add it to --label-words"
-            )
         context = template.format_map({f: str(rec[f]).strip() for f in fields})
-        examples.append(Example(context, options, labels.index(label)))
+        if "options" in rec:
+            options = rec["options"]
+            if not isinstance(options, list) or len(options) < 2:
+                raise PrgeError(f"{place}: field 'options' must be a list of at least 2 strings")
+            if not isinstance(rec["label"], int) or not 0 <= rec["label"] < len(options):
+                raise PrgeError(f"{place}: label {rec['label']!r} is not an index into its "
+                                f"{len(options)} options")
+            examples.append(Example(context, tuple(joiner + str(o) for o in options), rec["label"]))
+        elif label_words:
+            options_ = tuple(joiner + label_words[lab] for lab in labels)
+            examples.append(Example(context, options_, _label_of(place, rec, labels)))
+        else:
+            raise PrgeError(f"{place}: no 'options' field and no --label-words to choose from")
     if not examples:
         raise PrgeError("dataset is empty: no examples to train or evaluate on")
     return examples

@@ -1,10 +1,9 @@
 """Shared fixtures: the real default model, one engine per test session, shared data paths."""
 
+
 from pathlib import Path
 
 import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

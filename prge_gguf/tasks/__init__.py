@@ -1,7 +1,12 @@
-"""Built-in tasks: a template, label words and the data files shipped in the package."""
+"""Built-in tasks: prompt templates and label words of the zeroth-order literature (MeZO, P-RGE).
+
+Only sst2 ships its data (for the default job); the SuperGLUE tasks (rte, cb,
+copa, wic) read the user's files in the SuperGLUE JSONL layout via --data/--valid.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,31 +14,49 @@ from prge_gguf.data import Example, read_records, records_to_examples
 from prge_gguf.errors import PrgeError
 
 _DATA = Path(__file__).parent / "data"
+_NLI = '{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
 
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task: `template` renders a record; `label_words` maps label -> word."""
+    """A classification task: `template` renders a record; `label_words` maps label -> word.
+
+    `prepare` rewrites each record first (e.g. COPA turns its two choices into options).
+    """
 
     name: str
     template: str
-    label_words: dict[str, str]
+    label_words: dict[str, str] | None
     train_file: Path | None = None
     dev_file: Path | None = None
+    joiner: str = " "
+    prepare: Callable[[dict], dict] | None = None
 
     def examples(self, path: Path) -> list[Example]:
-        return records_to_examples(read_records(path), self.template, self.label_words)
+        records = read_records(path)
+        if self.prepare:
+            records = [(place, self.prepare(rec)) for place, rec in records]
+        return records_to_examples(records, self.template, self.label_words, self.joiner)
+
+
+def _copa(rec: dict) -> dict:
+    # MeZO's COPA: "{premise} {so|because} {choice}", each choice scored as a continuation.
+    premise = str(rec.get("premise", "")).strip().rstrip(".")
+    joint = {"cause": "because", "effect": "so"}.get(rec.get("question"), "so")
+    choices = [str(rec.get(k, "")).strip() for k in ("choice1", "choice2")]
+    options = [c[:1].lower() + c[1:] for c in choices]
+    return {**rec, "premise": premise, "joint": joint, "options": options}
 
 
 BUILTIN = {
     # MeZO's SST-2 prompt: "{sentence} It was {terrible|great}".
-    "sst2": Task(
-        "sst2",
-        "{text} It was",
-        {"0": "terrible", "1": "great"},
-        _DATA / "sst2" / "train.tsv",
-        _DATA / "sst2" / "dev.tsv",
-    ),
+    "sst2": Task("sst2", "{text} It was", {"0": "terrible", "1": "great"},
+                 _DATA / "sst2" / "train.tsv", _DATA / "sst2" / "dev.tsv"),
+    "rte": Task("rte", _NLI, {"entailment": "Yes", "not_entailment": "No"}, joiner=""),
+    "cb": Task("cb", _NLI, {"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"}, joiner=""),
+    "copa": Task("copa", "{premise} {joint}", None, prepare=_copa),
+    "wic": Task("wic", 'Does the word "{word}" have the same meaning in these two sentences? '
+                       "Yes, No?\n{sentence1}\n{sentence2}\n", {"false": "No", "true": "Yes"}, joiner=""),
 }
 
 
