@@ -123,6 +123,11 @@ _DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}"}
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers")
 
 
+def _describe(m: dict) -> str:
+    acc = f"accuracy {m['accuracy']:.4f}, " if m["accuracy"] is not None else ""
+    return f"{acc}loss {m['loss']:.4f} on {m['n']} examples"
+
+
 def _check_base(adapter, engine, path: str) -> None:
     """Refuse an adapter whose recorded base-model fingerprint is not this model's."""
     base = base_fingerprint(engine.header)
@@ -132,9 +137,9 @@ def _check_base(adapter, engine, path: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prge_gguf.data import tokenize_example
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
+    from prge_gguf.tasks import tokenize
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
     if args.resume:
@@ -158,14 +163,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
         else:
             _check_base(adapter, engine, args.resume)
-        train_tok = [tokenize_example(engine, e) for e in train_ex]
-        eval_tok = [tokenize_example(engine, e) for e in eval_ex]
+        train_tok = [tokenize(engine, e) for e in train_ex]
+        eval_tok = [tokenize(engine, e) for e in eval_ex]
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
             from tqdm import tqdm
 
-            tqdm.write(f"step {step}: eval loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f} (n={m['n']})")
+            tqdm.write(f"step {step}: eval {_describe(m)}")
 
         try:
             adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step)
@@ -175,8 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 run.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
-                print(f"final: eval accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f} "
-                      f"on {final['n']} examples; training took {train_s:.0f} s")
+                print(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
         finally:
             run.close()
     print(f"adapter written to {run.path / 'adapter.gguf'}")
@@ -184,8 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from prge_gguf.data import tokenize_example
     from prge_gguf.lora import read_gguf
+    from prge_gguf.tasks import tokenize
     from prge_gguf.train import evaluate
 
     task = _task(args)
@@ -201,13 +205,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             adapter = read_gguf(args.adapter)
             _check_base(adapter, engine, args.adapter)
         t0 = time.perf_counter()
-        m = evaluate(engine, [tokenize_example(engine, e) for e in examples], adapter, args.loss)
+        m = evaluate(engine, [tokenize(engine, e) for e in examples], adapter, args.loss)
         m["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(m))
     else:
-        print(f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  ({m['n']} examples, "
-              f"{m['seconds']:.1f} s)")
+        print(f"{_describe(m)}, {m['seconds']:.1f} s")
     return 0
 
 

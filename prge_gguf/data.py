@@ -37,6 +37,7 @@ class TokenizedExample:
     owners: tuple[tuple[tuple[int, ...], ...], ...]
     n_options: int
     label: int
+    n_scored: int = 0  # > 0: a language-modelling example (mean NLL of n_scored tokens), not a choice
 
     @property
     def n_tokens(self) -> int:
@@ -158,8 +159,12 @@ def option_scores(ex: TokenizedExample, results: Sequence[Sequence[np.ndarray]])
     return scores
 
 
-def example_loss(scores: np.ndarray, label: int, kind: str) -> float:
-    """`label`: cross-entropy over the options; `vocab`: the true option's full-vocabulary NLL."""
+def example_loss(ex: TokenizedExample, scores: np.ndarray, kind: str) -> float:
+    """Language modelling: mean token NLL. Choices: `label`, cross-entropy over the options;
+    `vocab`, the true option's full-vocabulary NLL."""
+    if ex.n_scored:
+        return float(-scores[0] / ex.n_scored)
+    label = ex.label
     if kind == "vocab":
         return float(-scores[label])
     peak = scores.max()

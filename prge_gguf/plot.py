@@ -38,7 +38,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     rows = _read_metrics(run_dir)
     steps = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_accuracy" in r]
+    evals = [r for r in rows if "eval_loss" in r]
     if not steps and not evals:
         raise PrgeError(f"{run_dir / 'metrics.jsonl'}: no training steps or evaluations logged yet")
     try:
@@ -61,7 +61,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.set(xlabel=xlabel, ylabel="training loss", title=f"training loss vs {xlabel}")
         ax = axes[1, col]
         if evals:
-            ax.plot([r[xkey] for r in evals], [r["eval_accuracy"] for r in evals], "o-", color="C1",
+            scored = [r for r in evals if r["eval_accuracy"] is not None]
+            ax.plot([r[xkey] for r in scored], [r["eval_accuracy"] for r in scored], "o-", color="C1",
                     label="accuracy")
             ax2 = ax.twinx()
             ax2.plot([r[xkey] for r in evals], [r["eval_loss"] for r in evals], "s--", color="C2",

@@ -67,24 +67,28 @@ class TrainConfig:
 def example_losses(
     engine: Engine, batch: Sequence[TokenizedExample], adapters: AdapterSet, loss: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example (loss, correct?) under `adapters`, all examples scored in as few decodes as fit."""
+    """Per-example (loss, correct 1/0, NaN for language modelling) under `adapters`, all
+    examples scored in as few decodes as fit."""
     requests = [r for ex in batch for r in ex.requests]
     results = engine.score(requests, adapters)
     losses, correct, i = [], [], 0
     for ex in batch:
         scores = option_scores(ex, results[i : i + len(ex.requests)])
         i += len(ex.requests)
-        losses.append(example_loss(scores, ex.label, loss))
-        correct.append(int(np.argmax(scores)) == ex.label)
+        losses.append(example_loss(ex, scores, loss))
+        correct.append(np.nan if ex.n_scored else float(int(np.argmax(scores)) == ex.label))
     return np.array(losses), np.array(correct)
 
 
 def evaluate(
     engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str
 ) -> dict[str, float]:
-    """Mean loss and accuracy over `examples` (base model when `adapter` is None)."""
+    """Mean loss and accuracy (None without choice examples) over `examples`; the base model
+    when `adapter` is None."""
     losses, correct = example_losses(engine, examples, [(adapter, 1.0)] if adapter else [], loss)
-    return {"loss": float(losses.mean()), "accuracy": float(correct.mean()), "n": len(examples)}
+    choices = correct[~np.isnan(correct)]
+    accuracy = float(choices.mean()) if len(choices) else None
+    return {"loss": float(losses.mean()), "accuracy": accuracy, "n": len(examples)}
 
 
 def pair_loss_fn(

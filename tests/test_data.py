@@ -5,6 +5,7 @@ import pytest
 
 from prge_gguf.data import (
     Example,
+    TokenizedExample,
     example_loss,
     option_scores,
     parse_label_words,
@@ -49,8 +50,11 @@ def test_multi_token_options_sum_their_tokens():
 def test_losses():
     scores = np.log(np.array([0.1, 0.3]))
     # label loss renormalises over the options; vocab loss is the full-vocabulary NLL.
-    assert example_loss(scores, 1, "label") == pytest.approx(-np.log(0.75))
-    assert example_loss(scores, 1, "vocab") == pytest.approx(-np.log(0.3))
+    ex = TokenizedExample((), (), n_options=2, label=1)
+    assert example_loss(ex, scores, "label") == pytest.approx(-np.log(0.75))
+    assert example_loss(ex, scores, "vocab") == pytest.approx(-np.log(0.3))
+    lm = TokenizedExample((), (), n_options=1, label=0, n_scored=4)
+    assert example_loss(lm, np.array([-2.0]), "label") == pytest.approx(0.5)  # mean token NLL
 
 
 def test_label_words_parsing():

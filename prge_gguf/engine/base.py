@@ -37,8 +37,14 @@ class Engine(Protocol):
 
     n_ctx: int
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        """Token ids of `text`; `add_special` adds BOS where the model wants it."""
+    chat_template: str | None
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`; `add_special` adds BOS where the model wants it; `parse_special`
+        reads control-token text (`<|im_start|>`) as the control tokens."""
+
+    def special_tokens(self) -> dict[str, str]:
+        """`bos_token` and `eos_token` texts, for chat templates."""
 
     def score(
         self, requests: Sequence[ScoreRequest], adapters: AdapterSet

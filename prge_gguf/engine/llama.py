@@ -101,15 +101,33 @@ class LlamaEngine:
         self._batch = ll.llama_batch_init(n_ctx, 0, 1)
 
     # -- text ---------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        """Token ids of `text`; BOS is added only if `add_special` and the model asks for it."""
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`; BOS is added only if `add_special` and the model asks for it;
+        `parse_special` reads control tokens such as `<|im_start|>` in the text as such."""
         raw = text.encode("utf-8")
         n_max = len(raw) + 8
         buf = (ll.llama_token * n_max)()
-        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, False)
+        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
         if n < 0:
             raise PrgeError(f"tokenization needs {-n} tokens, more than expected for {len(raw)} bytes")
         return list(buf[:n])
+
+    def token_text(self, token: int) -> str:
+        """The text of one token, control tokens rendered (`<|im_end|>`)."""
+        buf = ctypes.create_string_buffer(256)
+        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> dict[str, str]:
+        """`bos_token` and `eos_token` texts, as chat templates expect them."""
+        return {"bos_token": self.token_text(ll.llama_vocab_bos(self._vocab)),
+                "eos_token": self.token_text(ll.llama_vocab_eos(self._vocab))}
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's `tokenizer.chat_template` (Jinja), if it has one."""
+        value = self.header.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) else None
 
     # -- adapters -----------------------------------------------------------------------------
     def _load_adapter(self, adapter: LoraAdapter) -> ll.llama_adapter_lora_p:

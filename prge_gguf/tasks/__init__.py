@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prge_gguf.data import Example, read_records, records_to_examples
+from prge_gguf.data import Example, TokenizedExample, read_records, records_to_examples, tokenize_example
+from prge_gguf.engine.base import Engine
 from prge_gguf.errors import PrgeError
+from prge_gguf.lm_data import LMExample, lm_format, records_to_lm_examples, tokenize_lm_example
 
 _DATA = Path(__file__).parent / "data"
 _NLI = '{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
@@ -32,8 +34,12 @@ class Task:
     joiner: str = " "
     prepare: Callable[[dict], dict] | None = None
 
-    def examples(self, path: Path) -> list[Example]:
+    def examples(self, path: Path) -> list[Example | LMExample]:
+        """Examples of a data file: language-modelling records (text, prompt/completion,
+        messages) are detected by their fields, anything else is classification."""
         records = read_records(path)
+        if records and self.prepare is None and lm_format(records[0][1]):
+            return records_to_lm_examples(records)
         if self.prepare:
             records = [(place, self.prepare(rec)) for place, rec in records]
         return records_to_examples(records, self.template, self.label_words, self.joiner)
@@ -58,6 +64,13 @@ BUILTIN = {
     "wic": Task("wic", 'Does the word "{word}" have the same meaning in these two sentences? '
                        "Yes, No?\n{sentence1}\n{sentence2}\n", {"false": "No", "true": "Yes"}, joiner=""),
 }
+
+
+def tokenize(engine: Engine, example: Example | LMExample) -> TokenizedExample:
+    """Score requests of either kind of example."""
+    if isinstance(example, LMExample):
+        return tokenize_lm_example(engine, example)
+    return tokenize_example(engine, example)
 
 
 def builtin_task(name: str) -> Task:

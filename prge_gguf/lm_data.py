@@ -1,0 +1,118 @@
+"""Language-modelling records: `text`, `prompt`/`completion` and chat `messages` -> scored tokens.
+
+The loss is the mean negative log-likelihood of the scored tokens: all of
+`text`, only the `completion`, or only the assistant turns of a chat rendered
+with the model's own chat template (GGUF `tokenizer.chat_template`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from prge_gguf.data import TokenizedExample
+from prge_gguf.engine.base import Engine, ScoreRequest
+from prge_gguf.errors import PrgeError
+
+
+@dataclass(frozen=True)
+class LMExample:
+    """Text segments in order, each scored or not; or chat `messages` rendered at tokenization."""
+
+    place: str
+    segments: tuple[tuple[str, bool], ...] = ()
+    messages: tuple[dict, ...] = ()
+
+
+def lm_format(record: dict) -> str | None:
+    """'messages', 'completion' or 'text' for language-modelling records; None for classification."""
+    if "messages" in record:
+        return "messages"
+    if "completion" in record:
+        return "completion"
+    if "text" in record and "label" not in record and "options" not in record:
+        return "text"
+    return None
+
+
+def records_to_lm_examples(records: list[tuple[str, dict]]) -> list[LMExample]:
+    """LM examples of `(place, record)` pairs, all of the first record's format."""
+    kind = lm_format(records[0][1])
+    examples = []
+    for place, rec in records:
+        if lm_format(rec) != kind:
+            raise PrgeError(f"{place}: record is not in this file's '{kind}' format "
+                            f"(fields: {', '.join(rec)})")
+        if kind == "text":
+            examples.append(LMExample(place, ((str(rec["text"]), True),)))
+        elif kind == "completion":
+            if "prompt" not in rec:
+                raise PrgeError(f"{place}: missing field 'prompt' beside 'completion'")
+            examples.append(LMExample(place, ((str(rec["prompt"]), False), (str(rec["completion"]), True))))
+        else:
+            examples.append(LMExample(place, messages=_checked_messages(place, rec["messages"])))
+    return examples
+
+
+def _checked_messages(place: str, messages: object) -> tuple[dict, ...]:
+    if not isinstance(messages, list) or not messages:
+        raise PrgeError(f"{place}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise PrgeError(f"{place}: messages[{i}] needs 'role' and 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise PrgeError(f"{place}: chat has no assistant turn (nothing to train on)")
+    return tuple(messages)
+
+
+def chat_segments(template: str, special: dict[str, str], ex: LMExample) -> tuple[tuple[str, bool], ...]:
+    """Render `ex.messages` turn by turn; the text of each assistant reply (after the
+    template's generation prompt) is scored, everything else is context."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        compiled = env.from_string(template)
+
+        def render(msgs: tuple[dict, ...], generation_prompt: bool) -> str:
+            return compiled.render(messages=list(msgs), add_generation_prompt=generation_prompt, **special)
+
+        segments, done = [], ""
+        for i, m in enumerate(ex.messages):
+            full = render(ex.messages[: i + 1], False)
+            if m["role"] == "assistant":
+                head = render(ex.messages[:i], True)
+                if not (head.startswith(done) and full.startswith(head)):
+                    raise PrgeError(f"{ex.place}: the chat template does not render turn by turn")
+                segments += [(head[len(done):], False), (full[len(head):], True)]
+            else:
+                if not full.startswith(done):
+                    raise PrgeError(f"{ex.place}: the chat template does not render turn by turn")
+                segments.append((full[len(done):], False))
+            done = full
+    except TemplateError as exc:
+        raise PrgeError(f"{ex.place}: the model's chat template failed: {exc}") from None
+    return tuple((text, scored) for text, scored in segments if text)
+
+
+def tokenize_lm_example(engine: Engine, ex: LMExample) -> TokenizedExample:
+    """One score request over the whole sequence, reading each scored token's log-prob."""
+    if ex.messages:
+        if not engine.chat_template:
+            raise PrgeError(f"{ex.place}: chat records need a model with tokenizer.chat_template")
+        segments, special = chat_segments(engine.chat_template, engine.special_tokens(), ex), True
+    else:
+        segments, special = ex.segments, False
+    tokens: list[int] = []
+    scored: list[int] = []
+    for i, (text, is_scored) in enumerate(segments):
+        piece = engine.tokenize(text, add_special=(i == 0), parse_special=special)
+        if is_scored:
+            scored.extend(range(len(tokens), len(tokens) + len(piece)))
+        tokens.extend(piece)
+    positions = tuple(p - 1 for p in scored if p > 0)
+    if not positions:
+        raise PrgeError(f"{ex.place}: no tokens to score (empty completion or text?)")
+    request = ScoreRequest(tuple(tokens), positions, tuple((tokens[p + 1],) for p in positions))
+    owners = (tuple((0,) for _ in positions),)
+    return TokenizedExample((request,), owners, n_options=1, label=0, n_scored=len(positions))
