@@ -14,7 +14,7 @@ from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
 
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "seed",
-              "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every")
+              "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every", "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
     tr.add_argument("--eval-size", type=int, help="held-out examples per evaluation (0 = all)")
     tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
+    tr.add_argument("--early-stop", type=int, metavar="N",
+                    help="stop after N evaluations without a better held-out score (best.gguf: the best)")
 
     ev = sub.add_parser("eval", help="accuracy and loss of the model, with or without an adapter")
     _add_model_args(ev)

@@ -78,9 +78,15 @@ class RunDir:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
 
-    def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str]) -> Path:
-        """Write the current adapter as adapter.gguf (atomically)."""
-        path = self.path / "adapter.gguf"
+    def eval_history(self) -> list[dict]:
+        """The evaluation rows logged so far (on resume: up to the checkpoint)."""
+        path = self.path / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if "eval_loss" in r]
+
+    def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str], name: str = "adapter.gguf") -> Path:
+        """Write `adapter` as `name` in the run folder (atomically)."""
+        path = self.path / name
         write_gguf(adapter, path, extra)
         return path
 

@@ -39,6 +39,7 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations on `eval_size` held-out examples
     eval_size: int = 200  # 0 = the whole eval set
     checkpoint_every: int = 50  # steps between resumable checkpoints (0 = only at the end / on Ctrl-C)
+    early_stop: int = 0  # stop after this many evaluations without a better held-out score (0 = never)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -58,6 +59,7 @@ class TrainConfig:
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.early_stop >= 0, "--early-stop must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -150,11 +152,25 @@ def train(
     meta = {"prge.task_loss": cfg.loss}
     start = time.perf_counter()
 
-    def run_eval(step: int) -> None:
+    # Best-so-far and patience come from the evaluations already logged, so resume keeps them.
+    scores = [_eval_score(r["eval_accuracy"], r["eval_loss"]) for r in run.eval_history()]
+    best = max(scores, default=-np.inf)
+    stale = len(scores) - 1 - scores.index(best) if scores else 0
+
+    def run_eval(step: int) -> bool:
+        """Evaluate, keep best.gguf; True when early stopping says stop."""
+        nonlocal best, stale
         m = evaluate(engine, eval_subset, adapter, cfg.loss)
         run.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
                      "eval_n": m["n"], "wall": time.perf_counter() - start})
         on_eval(step, m)
+        score = _eval_score(m["accuracy"], m["loss"])
+        if score > best:
+            best, stale = score, 0
+            run.save_adapter(adapter, meta | {"prge.step": str(step)}, name="best.gguf")
+        else:
+            stale += 1
+        return bool(cfg.early_stop) and stale >= cfg.early_stop
 
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     if cfg.eval_every and eval_subset and start_step == 0:
@@ -167,8 +183,12 @@ def train(
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
             bar.update()
             if cfg.eval_every and eval_subset and step % cfg.eval_every == 0:
-                run_eval(step)
+                stop = run_eval(step)
                 run.save_adapter(adapter, meta)
+                if stop:
+                    bar.write(f"early stop at step {step}: no better held-out score in "
+                              f"{cfg.early_stop} evaluations")
+                    break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 run.save_checkpoint(adapter, step)
     except KeyboardInterrupt:
@@ -179,6 +199,11 @@ def train(
     run.save_checkpoint(adapter, step)
     run.save_adapter(adapter, meta)
     return adapter
+
+
+def _eval_score(accuracy: float | None, loss: float) -> float:
+    """Higher is better: accuracy where there is one, else minus the loss."""
+    return accuracy if accuracy is not None else -loss
 
 
 def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExample],

@@ -51,7 +51,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     code = main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "2", "--batch-size", "4",
                  "--targets", "attn_v", "--eval-every", "1", "--out", str(out)])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"adapter.gguf", "config.json", "metrics.jsonl",
+    assert {p.name for p in out.iterdir()} == {"adapter.gguf", "best.gguf", "config.json", "metrics.jsonl",
                                                "checkpoint.json", "checkpoint-000002.gguf"}
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["steps"] == 2 and config["train"]["targets"] == ["attn_v"]
@@ -91,3 +91,20 @@ def test_config_file_with_cli_override(tmp_path):
     assert saved["train"]["batch_size"] == 2 and saved["train"]["targets"] == ["attn_v"]
     assert saved["source"]["valid"] == str(valid)
     assert not (tmp_path / "from_file").exists()
+
+
+def test_early_stop_keeps_the_best_adapter(engine, tmp_path):
+    task = builtin_task("sst2")
+    examples = [tokenize_example(engine, e) for e in task.examples(task.dev_file)[:4]]
+    # lr 0: nothing improves after the step-0 evaluation, so one stale evaluation stops the run.
+    cfg = TrainConfig(steps=10, batch_size=2, lr=0.0, targets=["attn_v"], eval_every=1, early_stop=1,
+                      checkpoint_every=0)
+    adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+    run = RunDir.open_new(tmp_path, {})
+    train(engine, adapter, examples, examples, cfg, run)
+    run.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1]
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 1
+    best = read_gguf(tmp_path / "best.gguf")
+    assert not any(b.any() for b in best.b.values())  # the step-0 (zero) adapter stayed best
