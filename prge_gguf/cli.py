@@ -22,6 +22,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
     p.add_argument("--n-gpu-layers", type=int, help="layers offloaded to GPU (-1 = all; default 0)")
     p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default 1024)")
+    p.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: --n-ctx)")
+    p.add_argument("--truncate", action="store_true", default=None,
+                   help="cut longer sequences (with a count) instead of stopping with an error")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -119,10 +122,34 @@ def _datasets(args: argparse.Namespace):
     return task.examples(train_file), task.examples(held_out) if held_out else []
 
 
-_SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx")
+_SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
+                "truncate")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
 _DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}"}
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers")
+
+
+def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
+    """Tokenize; sequences over --max-seq-len stop with an error naming the record, or are cut."""
+    from prge_gguf.data import fit_length
+    from prge_gguf.tasks import tokenize
+
+    max_len = args.max_seq_len or args.n_ctx
+    if max_len > args.n_ctx:
+        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {args.n_ctx}")
+    out, cut = [], 0
+    for ex in examples:
+        tok = tokenize(engine, ex)
+        if tok.longest > max_len:
+            if not args.truncate:
+                raise PrgeError(f"{tok.place}: {tok.longest} tokens, more than --max-seq-len {max_len} "
+                                "(pass --truncate to cut such sequences, or raise --max-seq-len/--n-ctx)")
+            tok, cut = fit_length(tok, max_len), cut + 1
+        out.append(tok)
+    if cut:
+        print(f"warning: cut {cut} of {len(examples)} examples to {max_len} tokens (--truncate)",
+              file=sys.stderr)
+    return out
 
 
 def _describe(m: dict) -> str:
@@ -141,7 +168,6 @@ def _check_base(adapter, engine, path: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
-    from prge_gguf.tasks import tokenize
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
     if args.resume:
@@ -165,8 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
         else:
             _check_base(adapter, engine, args.resume)
-        train_tok = [tokenize(engine, e) for e in train_ex]
-        eval_tok = [tokenize(engine, e) for e in eval_ex]
+        train_tok = _tokenize_all(engine, train_ex, args)
+        eval_tok = _tokenize_all(engine, eval_ex, args)
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
@@ -191,7 +217,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from prge_gguf.lora import read_gguf
-    from prge_gguf.tasks import tokenize
     from prge_gguf.train import evaluate
 
     task = _task(args)
@@ -207,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             adapter = read_gguf(args.adapter)
             _check_base(adapter, engine, args.adapter)
         t0 = time.perf_counter()
-        m = evaluate(engine, [tokenize(engine, e) for e in examples], adapter, args.loss)
+        m = evaluate(engine, _tokenize_all(engine, examples, args), adapter, args.loss)
         m["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(m))

@@ -27,6 +27,7 @@ class Example:
     context: str
     options: tuple[str, ...]
     label: int
+    place: str = ""  # "file:line", for errors
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,15 @@ class TokenizedExample:
     n_options: int
     label: int
     n_scored: int = 0  # > 0: a language-modelling example (mean NLL of n_scored tokens), not a choice
+    place: str = ""  # "file:line", for errors
 
     @property
     def n_tokens(self) -> int:
         return sum(r.n_tokens for r in self.requests)
+
+    @property
+    def longest(self) -> int:
+        return max(r.n_tokens for r in self.requests)
 
 
 def parse_label_words(spec: str) -> dict[str, str]:
@@ -98,10 +104,10 @@ def records_to_examples(
             if not isinstance(rec["label"], int) or not 0 <= rec["label"] < len(options):
                 raise PrgeError(f"{place}: label {rec['label']!r} is not an index into its "
                                 f"{len(options)} options")
-            examples.append(Example(context, tuple(joiner + str(o) for o in options), rec["label"]))
+            examples.append(Example(context, tuple(joiner + str(o) for o in options), rec["label"], place))
         elif label_words:
             options_ = tuple(joiner + label_words[lab] for lab in labels)
-            examples.append(Example(context, options_, _label_of(place, rec, labels)))
+            examples.append(Example(context, options_, _label_of(place, rec, labels), place))
         else:
             raise PrgeError(f"{place}: no 'options' field and no --label-words to choose from")
     if not examples:
@@ -141,13 +147,40 @@ def tokenize_example(engine: Engine, ex: Example) -> TokenizedExample:
     firsts = [o[0] for o in opts]
     if all(len(o) == 1 for o in opts) and len(set(firsts)) == len(firsts):
         req = ScoreRequest(tuple(ctx), (last,), (tuple(firsts),))
-        return TokenizedExample((req,), ((tuple(range(len(opts))),),), len(opts), ex.label)
+        return TokenizedExample((req,), ((tuple(range(len(opts))),),), len(opts), ex.label, place=ex.place)
     requests, owners = [], []
     for j, o in enumerate(opts):
         positions = tuple(range(last, last + len(o)))
         requests.append(ScoreRequest(tuple(ctx + o), positions, tuple((t,) for t in o)))
         owners.append(tuple((j,) for _ in o))
-    return TokenizedExample(tuple(requests), tuple(owners), len(opts), ex.label)
+    return TokenizedExample(tuple(requests), tuple(owners), len(opts), ex.label, place=ex.place)
+
+
+def fit_length(ex: TokenizedExample, max_len: int) -> TokenizedExample:
+    """`ex` with every sequence cut to `max_len` tokens. Language modelling keeps the start
+    (scores past the cut are dropped); a choice keeps the end of its context, where the
+    answer is, dropping tokens after the first (BOS)."""
+    requests, owners = [], []
+    for req, own in zip(ex.requests, ex.owners, strict=True):
+        over = req.n_tokens - max_len
+        if over <= 0:
+            requests.append(req)
+            owners.append(own)
+        elif ex.n_scored:
+            keep = [k for k, p in enumerate(req.positions) if p + 1 < max_len]
+            requests.append(ScoreRequest(req.tokens[:max_len], tuple(req.positions[k] for k in keep),
+                                         tuple(req.candidates[k] for k in keep)))
+            owners.append(tuple(own[k] for k in keep))
+        else:
+            if min(req.positions) - over < 1:
+                raise PrgeError(f"{ex.place}: its answer alone is longer than --max-seq-len {max_len}")
+            requests.append(ScoreRequest(req.tokens[:1] + req.tokens[1 + over:],
+                                         tuple(p - over for p in req.positions), req.candidates))
+            owners.append(own)
+    n_scored = sum(len(r.positions) for r in requests) if ex.n_scored else 0
+    if ex.n_scored and not n_scored:
+        raise PrgeError(f"{ex.place}: nothing left to score within --max-seq-len {max_len}")
+    return TokenizedExample(tuple(requests), tuple(owners), ex.n_options, ex.label, n_scored, ex.place)
 
 
 def option_scores(ex: TokenizedExample, results: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

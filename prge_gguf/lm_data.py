@@ -115,4 +115,4 @@ def tokenize_lm_example(engine: Engine, ex: LMExample) -> TokenizedExample:
         raise PrgeError(f"{ex.place}: no tokens to score (empty completion or text?)")
     request = ScoreRequest(tuple(tokens), positions, tuple((tokens[p + 1],) for p in positions))
     owners = (tuple((0,) for _ in positions),)
-    return TokenizedExample((request,), owners, n_options=1, label=0, n_scored=len(positions))
+    return TokenizedExample((request,), owners, n_options=1, label=0, n_scored=len(positions), place=ex.place)

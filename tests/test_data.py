@@ -7,6 +7,7 @@ from prge_gguf.data import (
     Example,
     TokenizedExample,
     example_loss,
+    fit_length,
     option_scores,
     parse_label_words,
     records_to_examples,
@@ -65,7 +66,7 @@ def test_label_words_parsing():
 def test_records_render_template_and_labels():
     recs = [("f:1", {"text": " nice ", "label": 1}), ("f:2", {"text": "bad", "label": False})]
     exs = records_to_examples(recs, "{text} It was", {"1": "great", "false": "terrible"})
-    assert exs[0] == Example("nice It was", (" great", " terrible"), 0)
+    assert exs[0] == Example("nice It was", (" great", " terrible"), 0, "f:1")
     assert exs[1].label == 1
 
 
@@ -76,3 +77,23 @@ def test_builtin_sst2_ships_its_data():
     assert dev[0].options == (" terrible", " great")
     assert dev[0].context.endswith(" It was") and not dev[0].context.startswith(" ")
     assert 0.4 < np.mean([e.label for e in dev]) < 0.6
+
+
+def test_fit_length_keeps_the_answer_end_of_a_choice():
+    tok = WordTokenizer()
+    ex = tokenize_example(tok, Example("a b c d e f It was", (" terrible", " great"), 1, "f:3"))
+    cut = fit_length(ex, 5)
+    (req,) = cut.requests
+    assert len(req.tokens) == 5 and req.tokens[0] == 1  # BOS kept
+    assert req.tokens[-2:] == ex.requests[0].tokens[-2:]  # the end of the context kept
+    assert req.positions == (4,) and req.candidates == ex.requests[0].candidates
+
+
+def test_fit_length_cuts_language_modelling_scores_past_the_end():
+    from prge_gguf.engine import ScoreRequest
+
+    req = ScoreRequest(tuple(range(10)), tuple(range(2, 9)), tuple((t,) for t in range(3, 10)))
+    ex = TokenizedExample((req,), (tuple((0,) for _ in range(7)),), 1, 0, n_scored=7, place="f:1")
+    cut = fit_length(ex, 6)
+    assert cut.requests[0].tokens == tuple(range(6))
+    assert cut.requests[0].positions == (2, 3, 4) and cut.n_scored == 3

@@ -109,3 +109,22 @@ def test_config_file_wrong_type(capsys, tmp_path):
     cfg.write_text("task: sst2\nlr: fast\n")
     code, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "run"))
     assert (code, err) == (2, "error: lr: expected float, got 'fast'")
+
+
+def test_sequence_longer_than_max_seq_len(capsys, tmp_path):
+    data = _jsonl(tmp_path / "long.jsonl", [{"text": "fine", "label": 1},
+                                           {"text": "word " * 300, "label": 0}])
+    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "bad,good", "--max-seq-len", "64")
+    assert code == 2
+    assert err.startswith(f"error: {data}:2: ") and "more than --max-seq-len 64 (pass --truncate" in err
+
+
+def test_truncate_cuts_and_counts(capsys, tmp_path):
+    data = _jsonl(tmp_path / "long.jsonl", [{"text": "fine", "label": 1},
+                                           {"text": "word " * 300, "label": 0}])
+    code = main(["eval", "--data", str(data), "--label-words", "bad,good", "--max-seq-len", "64",
+                 "--truncate", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "warning: cut 1 of 2 examples to 64 tokens (--truncate)" in captured.err
+    assert json.loads(captured.out)["n"] == 2
