@@ -87,14 +87,24 @@ class RunDir:
     def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str], name: str = "adapter.gguf") -> Path:
         """Write `adapter` as `name` in the run folder (atomically)."""
         path = self.path / name
-        write_gguf(adapter, path, extra)
+        try:
+            write_gguf(adapter, path, extra)
+        except OSError as exc:
+            raise PrgeError(f"{path}: cannot write the adapter ({exc.strerror or exc}); "
+                            "the previous version is intact") from None
         return path
 
     def save_checkpoint(self, adapter: LoraAdapter, step: int) -> None:
         """Write checkpoint-<step>.gguf, commit it in checkpoint.json, then drop older ones."""
         name = f"checkpoint-{step:06d}.gguf"
-        write_gguf(adapter, self.path / name, {"prge.step": str(step)})
-        write_text_atomic(self.path / "checkpoint.json", json.dumps({"step": step, "adapter": name}) + "\n")
+        try:
+            write_gguf(adapter, self.path / name, {"prge.step": str(step)})
+            state = json.dumps({"step": step, "adapter": name}) + "\n"
+            write_text_atomic(self.path / "checkpoint.json", state)
+        except OSError as exc:
+            (self.path / name).unlink(missing_ok=True)
+            raise PrgeError(f"{self.path / name}: cannot write the checkpoint ({exc.strerror or exc}); "
+                            "the previous checkpoint is intact") from None
         for old in self.path.glob("checkpoint-*.gguf"):
             if old.name != name:
                 old.unlink()

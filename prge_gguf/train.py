@@ -218,7 +218,7 @@ def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExa
     loss = float((lp.mean() + lm.mean()) / 2)
     if not np.isfinite(loss):
         raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
-                        "(the last checkpoint and adapter.gguf are kept)")
+                        "(the run folder keeps its last good checkpoint)")
     dt = time.perf_counter() - t0
     tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
     run.metrics({"step": step + 1, "loss": loss, "lr": lr_at(cfg, step), "tokens": tokens,

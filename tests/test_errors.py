@@ -128,3 +128,20 @@ def test_truncate_cuts_and_counts(capsys, tmp_path):
     assert code == 0
     assert "warning: cut 1 of 2 examples to 64 tokens (--truncate)" in captured.err
     assert json.loads(captured.out)["n"] == 2
+
+
+def test_unsupported_architecture(capsys, tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "odd.gguf"
+    writer = GGUFWriter(str(path), "notanarch")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code, err = _run(capsys, "eval", "--model", str(path), "--task", "sst2", "--limit", "1")
+    assert code == 2
+    assert err.splitlines()[-1] == (f"error: {path}: llama.cpp could not load this model "
+                                    "(architecture 'notanarch' unsupported, or the file is corrupt)")

@@ -54,3 +54,53 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path}: no checkpoint to resume from (checkpoint.json missing)")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    out = tmp_path / "run"
+    # lr 1e30 blows B up after one step: the second step's loss is NaN.
+    code = main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "4", "--batch-size", "2",
+                 "--targets", "attn_v", "--lr", "1e30", "--checkpoint-every", "1", "--eval-every", "0",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err == ("error: step 2: loss is nan; lower --lr or --eps "
+                   "(the run folder keeps its last good checkpoint)")
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000001.gguf", "checkpoint.json",
+                                                     "config.json", "metrics.jsonl"]
+
+
+def test_disk_full_on_checkpoint_leaves_the_previous_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from gguf import GGUFWriter
+
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    out = tmp_path / "run"
+    real = GGUFWriter.write_tensors_to_file
+    calls = {"n": 0}
+
+    def fill_disk(self, *args, **kwargs):
+        if self.path.parent == out:  # the run folder's files, not the engine's scratch adapters
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second checkpoint: its temp file exists, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", fill_disk)
+    code = main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "4", "--batch-size", "2",
+                 "--targets", "attn_v", "--checkpoint-every", "1", "--eval-every", "0", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err == (f"error: {out / 'checkpoint-000002.gguf'}: cannot write the checkpoint "
+                   "(No space left on device); the previous checkpoint is intact")
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert state == {"step": 1, "adapter": "checkpoint-000001.gguf"}
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000001.gguf", "checkpoint.json",
+                                                     "config.json", "metrics.jsonl"]  # no temp files
+    monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", real)
+    assert main(["train", "--resume", str(out)]) == 0  # and the run resumes from step 1
