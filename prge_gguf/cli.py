@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="evaluate only the first N examples")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
+    gen = sub.add_parser("generate", help="greedy completions of prompts, with or without an adapter")
+    _add_model_args(gen)
+    gen.add_argument("--adapter", help="LoRA adapter GGUF to apply")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    gen.add_argument("--max-tokens", type=int, help="tokens to generate at most (default 64)")
+    gen.add_argument("--chat", action="store_true", help="send each prompt as a user turn (chat template)")
+
     pl = sub.add_parser("plot", help="training curves of a run folder as a PNG")
     pl.add_argument("run_dir", help="run folder written by 'prge-gguf train'")
     pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
@@ -125,7 +132,7 @@ def _datasets(args: argparse.Namespace):
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
                 "truncate")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}"}
+_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}", "max_tokens": 64}
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers")
 
 
@@ -266,6 +273,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from prge_gguf.lm_data import generation_prompt
+    from prge_gguf.lora import read_gguf
+
+    with _open_engine(args) as engine:
+        adapters = []
+        if args.adapter:
+            adapter = read_gguf(args.adapter)
+            _check_base(adapter, engine, args.adapter)
+            adapters = [(adapter, 1.0)]
+        for prompt in args.prompt:
+            if args.chat:
+                if not engine.chat_template:
+                    raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template")
+                text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
+                tokens = engine.tokenize(text, add_special=True, parse_special=True)
+            else:
+                text, tokens = prompt, engine.tokenize(prompt, add_special=True)
+            completion = engine.detokenize(engine.generate(tokens, adapters, args.max_tokens))
+            print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from prge_gguf.plot import plot_run
 
@@ -276,7 +306,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot}[args.command]
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
+               "generate": cmd_generate}[args.command]
     try:
         if getattr(args, "config", None):
             from prge_gguf.config_file import load_config_file

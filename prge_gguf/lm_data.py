@@ -67,15 +67,29 @@ def _checked_messages(place: str, messages: object) -> tuple[dict, ...]:
     return tuple(messages)
 
 
+def _renderer(template: str, special: dict[str, str]):
+    # HF's chat templates are rendered with these Jinja settings by transformers and llama.cpp.
+    compiled = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+
+    def render(msgs: tuple[dict, ...], generation_prompt: bool) -> str:
+        return compiled.render(messages=list(msgs), add_generation_prompt=generation_prompt, **special)
+
+    return render
+
+
+def generation_prompt(template: str, special: dict[str, str], user_text: str) -> str:
+    """`user_text` as one user turn, followed by the template's assistant header."""
+    try:
+        return _renderer(template, special)(({"role": "user", "content": user_text},), True)
+    except TemplateError as exc:
+        raise PrgeError(f"the model's chat template failed: {exc}") from None
+
+
 def chat_segments(template: str, special: dict[str, str], ex: LMExample) -> tuple[tuple[str, bool], ...]:
     """Render `ex.messages` turn by turn; the text of each assistant reply (after the
     template's generation prompt) is scored, everything else is context."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
-        compiled = env.from_string(template)
-
-        def render(msgs: tuple[dict, ...], generation_prompt: bool) -> str:
-            return compiled.render(messages=list(msgs), add_generation_prompt=generation_prompt, **special)
+        render = _renderer(template, special)
 
         segments, done = [], ""
         for i, m in enumerate(ex.messages):

@@ -74,3 +74,24 @@ def test_exported_adapter_gives_same_logits_in_llama_cpp_python(engine, model_pa
     base = engine.score(_full_requests(engine, [text]), [])[0][0]
     assert np.abs(base - theirs).max() > 1e-2  # the adapter really was applied there
     llm.close()
+
+
+def test_generate_is_greedy_under_the_adapter(engine, capsys, tmp_path):
+    adapter = _random_b(init_lora_fa(engine.header, ["attn_v"], 8, 16, seed=6), scale=0.05)
+    prompt = engine.tokenize(TEXTS[0], add_special=True)
+    out = engine.generate(prompt, [(adapter, 1.0)], max_tokens=4)
+    assert 1 <= len(out) <= 4
+    # Each generated token is the argmax of the scored next-token distribution, prefix by prefix.
+    everything = tuple(range(engine.n_vocab))
+    for k, token in enumerate(out):
+        seq = tuple(prompt + out[:k])
+        (lp,) = engine.score([ScoreRequest(seq, (len(seq) - 1,), (everything,))], [(adapter, 1.0)])[0]
+        assert int(np.argmax(lp)) == token
+
+    from prge_gguf.cli import main
+
+    path = tmp_path / "a.gguf"
+    write_gguf(adapter, path)
+    assert main(["generate", "--adapter", str(path), "--prompt", TEXTS[0], "--max-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == f"### prompt\n{TEXTS[0]}\n### completion\n{engine.detokenize(out)}\n\n"

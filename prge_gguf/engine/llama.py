@@ -114,9 +114,12 @@ class LlamaEngine:
 
     def token_text(self, token: int) -> str:
         """The text of one token, control tokens rendered (`<|im_end|>`)."""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(256)
-        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
 
     def special_tokens(self) -> dict[str, str]:
         """`bos_token` and `eos_token` texts, as chat templates expect them."""
@@ -188,24 +191,48 @@ class LlamaEngine:
             results.extend(self._decode(group))
         return results
 
-    def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
+    def generate(self, prompt: list[int], adapters: AdapterSet, max_tokens: int) -> list[int]:
+        """Greedy continuation of `prompt` (up to `max_tokens`, stopping at end-of-generation)."""
+        if len(prompt) + max_tokens > self.n_ctx:
+            raise PrgeError(f"prompt ({len(prompt)} tokens) + --max-tokens {max_tokens} exceed the "
+                            f"context of {self.n_ctx} tokens (raise --n-ctx)")
+        self._set_adapters(adapters)
+        self._run([(0, pos, tok, pos == len(prompt) - 1) for pos, tok in enumerate(prompt)], clear=True)
+        out: list[int] = []
+        while len(out) < max_tokens:
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            token = int(np.argmax(logits))
+            if ll.llama_vocab_is_eog(self._vocab, token):
+                break
+            out.append(token)
+            self._run([(0, len(prompt) + len(out) - 1, token, True)], clear=False)
+        return out
+
+    def _run(self, entries: list[tuple[int, int, int, bool]], clear: bool) -> None:
+        """One llama_decode of (sequence, position, token, wants logits) entries."""
         batch = self._batch
-        i = 0
-        for seq, req in enumerate(group):
-            wanted = set(req.positions)
-            for pos, tok in enumerate(req.tokens):
-                batch.token[i] = tok
-                batch.pos[i] = pos
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = pos in wanted
-                i += 1
-        batch.n_tokens = i
-        # Each decode scores fresh sequences: nothing cached may leak in from the last one.
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        for i, (seq, pos, tok, wants) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = wants
+        batch.n_tokens = len(entries)
+        if clear:
+            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
             raise PrgeError(f"llama_decode failed: {_DECODE_ERRORS.get(rc, f'fatal error {rc}')}")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of `tokens` (control tokens left out)."""
+        return b"".join(self._piece(t, special=False) for t in tokens).decode("utf-8", errors="replace")
+
+    def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
+        # Each decode scores fresh sequences: nothing cached may leak in from the last one.
+        self._run([(seq, pos, tok, pos in wanted)
+                   for seq, req in enumerate(group) for wanted in [set(req.positions)]
+                   for pos, tok in enumerate(req.tokens)], clear=True)
         n_out = sum(len(set(r.positions)) for r in group)
         logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
         peak = logits.max(axis=1, keepdims=True)
