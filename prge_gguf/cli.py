@@ -119,14 +119,30 @@ def _task(args: argparse.Namespace):
     return Task("custom", args.template, parse_label_words(args.label_words) if args.label_words else None)
 
 
+def _data_files(args: argparse.Namespace, task) -> dict[str, Path | None]:
+    """train / valid / test files: --data FILE or a --data DIR holding {train,valid,test}.jsonl
+    (MLX-LM's layout), else the task's shipped files; --valid overrides."""
+    files: dict[str, Path | None] = {"train": task.train_file, "valid": task.dev_file, "test": None}
+    if args.data and Path(args.data).is_dir():
+        folder = Path(args.data)
+        files = {k: folder / f"{k}.jsonl" if (folder / f"{k}.jsonl").is_file() else None for k in files}
+        if files["train"] is None:
+            raise PrgeError(f"{folder}: no train.jsonl in this data folder")
+    elif args.data:
+        files["train"] = Path(args.data)
+    if args.valid:
+        files["valid"] = Path(args.valid)
+    return files
+
+
 def _datasets(args: argparse.Namespace):
     """(train examples, held-out examples) from --task and/or --data/--valid."""
     task = _task(args)
-    train_file = Path(args.data) if args.data else task.train_file
-    if train_file is None:
+    files = _data_files(args, task)
+    if files["train"] is None:
         raise PrgeError(f"--task {task.name} ships no data: pass --data TRAIN.jsonl (and --valid)")
-    held_out = Path(args.valid) if args.valid else task.dev_file
-    return task.examples(train_file), task.examples(held_out) if held_out else []
+    held_out = files["valid"]
+    return task.examples(files["train"]), task.examples(held_out) if held_out else []
 
 
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
@@ -191,15 +207,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "resume it with --resume, or remove it")
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
+        # Everything that can fail on input happens before the run folder is made.
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
-            source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
-            run = RunDir.open_new(Path(args.out), config_record(
-                cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
         else:
             _check_base(adapter, engine, args.resume)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
+        if run is None:
+            source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
+            run = RunDir.open_new(Path(args.out), config_record(
+                cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
@@ -227,7 +245,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from prge_gguf.train import evaluate
 
     task = _task(args)
-    source = args.valid or args.data or task.dev_file
+    files = _data_files(args, task)
+    # --valid, else a data folder's test (or valid) split, else the --data file, else the task's dev set.
+    if args.valid or not args.data:
+        source = files["valid"]
+    elif Path(args.data).is_dir():
+        source = files["test"] or files["valid"]
+    else:
+        source = files["train"]
     if source is None:
         raise PrgeError(f"--task {task.name} ships no data: pass --data FILE to evaluate")
     examples = task.examples(Path(source))

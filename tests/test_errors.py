@@ -43,7 +43,7 @@ def test_unknown_target_name(capsys, tmp_path):
     assert code == 2
     assert err.startswith("error: --targets: unknown target 'attn_qq' for this llama model")
     assert "attn_q, attn_k, attn_v" in err
-    assert not (tmp_path / "run" / "adapter.gguf").exists()
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def _jsonl(path, rows):
@@ -114,9 +114,11 @@ def test_config_file_wrong_type(capsys, tmp_path):
 def test_sequence_longer_than_max_seq_len(capsys, tmp_path):
     data = _jsonl(tmp_path / "long.jsonl", [{"text": "fine", "label": 1},
                                            {"text": "word " * 300, "label": 0}])
-    code, err = _run(capsys, "eval", "--data", str(data), "--label-words", "bad,good", "--max-seq-len", "64")
+    code, err = _run(capsys, "train", "--data", str(data), "--label-words", "bad,good", "--max-seq-len", "64",
+                     "--out", str(tmp_path / "run"))
     assert code == 2
     assert err.startswith(f"error: {data}:2: ") and "more than --max-seq-len 64 (pass --truncate" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_truncate_cuts_and_counts(capsys, tmp_path):

@@ -108,3 +108,22 @@ def test_early_stop_keeps_the_best_adapter(engine, tmp_path):
     assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 1
     best = read_gguf(tmp_path / "best.gguf")
     assert not any(b.any() for b in best.b.values())  # the step-0 (zero) adapter stayed best
+
+
+def test_data_folder_with_train_valid_test_splits(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = {"train": [("a joy", 1), ("a bore", 0), ("lovely", 1), ("awful", 0)],
+            "valid": [("charming", 1), ("dreadful", 0)], "test": [("superb", 1)]}
+    for split, items in rows.items():
+        (folder / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items))
+    words = ["--template", "{text} It was", "--label-words", "0=terrible,1=great"]
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), *words, "--steps", "1", "--batch-size", "2",
+                 "--targets", "attn_v", "--eval-every", "0", "--out", str(out)]) == 0
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["eval_n"] == 2  # valid.jsonl is the held-out set while training
+    capsys.readouterr()
+    assert main(["eval", "--data", str(folder), *words, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1  # eval reads test.jsonl
