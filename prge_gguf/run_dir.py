@@ -38,6 +38,7 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._metrics = None
+        self._tensorboard = _tensorboard_writer(path / "tensorboard")
 
     @classmethod
     def open_new(cls, path: Path, config: dict) -> RunDir:
@@ -74,9 +75,15 @@ class RunDir:
         return run, config, step, adapter
 
     def metrics(self, row: dict) -> None:
-        """Append one row to metrics.jsonl (flushed, so a killed run keeps what it logged)."""
+        """Append one row to metrics.jsonl (flushed, so a killed run keeps what it logged);
+        mirror its numbers to TensorBoard when tensorboardX is installed."""
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, row.get("step", 0))
+            self._tensorboard.flush()
 
     def eval_history(self) -> list[dict]:
         """The evaluation rows logged so far (on resume: up to the checkpoint)."""
@@ -112,3 +119,14 @@ class RunDir:
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _tensorboard_writer(logdir: Path):
+    """A tensorboardX SummaryWriter when that optional package is installed, else None."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(logdir))

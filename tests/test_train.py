@@ -52,7 +52,9 @@ def test_cli_train_then_eval(tmp_path, capsys):
                  "--targets", "attn_v", "--eval-every", "1", "--out", str(out)])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"adapter.gguf", "best.gguf", "config.json", "metrics.jsonl",
-                                               "checkpoint.json", "checkpoint-000002.gguf"}
+                                               "checkpoint.json", "checkpoint-000002.gguf", "tensorboard"}
+    events = b"".join(p.read_bytes() for p in (out / "tensorboard").iterdir())
+    assert b"eval_accuracy" in events and b"loss" in events  # the metrics mirrored to TensorBoard
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["steps"] == 2 and config["train"]["targets"] == ["attn_v"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
