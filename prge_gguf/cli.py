@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, help="tokens to generate at most (default 64)")
     gen.add_argument("--chat", action="store_true", help="send each prompt as a user turn (chat template)")
 
+    ex = sub.add_parser("export", help="convert an adapter: GGUF <-> PEFT folder")
+    ex.add_argument("adapter", help="a GGUF LoRA adapter, or a PEFT folder")
+    ex.add_argument("--to", choices=("peft", "gguf"), required=True, help="output format")
+    ex.add_argument("--out", required=True, help="output folder (peft) or .gguf file")
+    ex.add_argument("--model", help="its base model GGUF (default: the shipped SmolLM2 model)")
+
     pl = sub.add_parser("plot", help="training curves of a run folder as a PNG")
     pl.add_argument("run_dir", help="run folder written by 'prge-gguf train'")
     pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
@@ -180,9 +186,9 @@ def _describe(m: dict) -> str:
     return f"{acc}loss {m['loss']:.4f} on {m['n']} examples"
 
 
-def _check_base(adapter, engine, path: str) -> None:
+def _check_base(adapter, header, path: str) -> None:
     """Refuse an adapter whose recorded base-model fingerprint is not this model's."""
-    base = base_fingerprint(engine.header)
+    base = base_fingerprint(header)
     if adapter.fingerprint and adapter.fingerprint != base:
         raise PrgeError(f"{path}: adapter was trained for another base model "
                         f"(fingerprint {adapter.fingerprint}, this model {base})")
@@ -211,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
         else:
-            _check_base(adapter, engine, args.resume)
+            _check_base(adapter, engine.header, args.resume)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if run is None:
@@ -262,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         adapter = None
         if args.adapter:
             adapter = read_gguf(args.adapter)
-            _check_base(adapter, engine, args.adapter)
+            _check_base(adapter, engine.header, args.adapter)
         t0 = time.perf_counter()
         m = evaluate(engine, _tokenize_all(engine, examples, args), adapter, args.loss)
         m["seconds"] = time.perf_counter() - t0
@@ -306,7 +312,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         adapters = []
         if args.adapter:
             adapter = read_gguf(args.adapter)
-            _check_base(adapter, engine, args.adapter)
+            _check_base(adapter, engine.header, args.adapter)
             adapters = [(adapter, 1.0)]
         for prompt in args.prompt:
             if args.chat:
@@ -321,6 +327,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from converters.peft import from_peft, to_peft
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import read_gguf, write_gguf
+
+    header = read_header(_model_path(args.model))
+    arch = header.architecture
+    heads = {"n_head": int(header.metadata.get(f"{arch}.attention.head_count", 0)),
+             "n_head_kv": int(header.metadata.get(f"{arch}.attention.head_count_kv", 0))}
+    source = Path(args.adapter)
+    adapter = (from_peft(source, architecture=arch, **heads) if source.is_dir() else read_gguf(source))
+    _check_base(adapter, header, str(source))
+    if args.to == "peft":
+        to_peft(adapter, args.out, base_model=str(header.metadata.get("general.name", "")), **heads)
+    else:
+        write_gguf(adapter, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from prge_gguf.plot import plot_run
 
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
-               "generate": cmd_generate}[args.command]
+               "generate": cmd_generate, "export": cmd_export}[args.command]
     try:
         if getattr(args, "config", None):
             from prge_gguf.config_file import load_config_file

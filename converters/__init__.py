@@ -1,0 +1,1 @@
+"""Format converters: llama.cpp GGUF LoRA adapters <-> PEFT folders."""

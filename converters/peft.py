@@ -1,0 +1,116 @@
+"""GGUF LoRA adapter <-> PEFT folder (adapter_config.json + adapter_model.safetensors).
+
+Two facts make this more than renaming:
+- llama.cpp names weights `blk.{i}.attn_q` ...; PEFT names the Hugging Face
+  modules `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` ...
+- For the llama architecture, llama.cpp's converter permutes the rows of the
+  q and k projections (its RoPE layout), and lora_b with them; the PEFT side
+  needs the rows in Hugging Face order, so lora_B is un-permuted on export and
+  permuted again on import.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from prge_gguf import __version__
+from prge_gguf.errors import PrgeError
+from prge_gguf.lora import LoraAdapter
+
+# llama.cpp projection -> Hugging Face module path inside a decoder layer.
+HF_MODULES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+_PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's.
+_PERMUTED = {"llama"}
+
+
+def rope_rows_to_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row order: per head, rows (half, pair) -> (pair, half)."""
+    out = rows.shape[0]
+    return rows.reshape(n_head, out // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def rope_rows_to_gguf(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k row order from Hugging Face's (the inverse of `rope_rows_to_hf`)."""
+    out = rows.shape[0]
+    return rows.reshape(n_head, 2, out // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _heads(target: str, n_head: int, n_head_kv: int) -> int:
+    return n_head if target == "attn_q" else n_head_kv
+
+
+def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv: int,
+            base_model: str = "") -> Path:
+    """Write `adapter` as a PEFT LoRA folder; returns the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors, modules = {}, set()
+    for name in adapter.names:
+        m = _GGUF_NAME.match(name)
+        if not m or m.group(2) not in HF_MODULES:
+            raise PrgeError(f"{name}: no PEFT module for this tensor "
+                            f"(expected one of {', '.join(HF_MODULES)})")
+        layer, target = m.group(1), m.group(2)
+        b = adapter.b[name]
+        if adapter.architecture in _PERMUTED and target in ("attn_q", "attn_k"):
+            b = rope_rows_to_hf(b, _heads(target, n_head, n_head_kv))
+        prefix = f"base_model.model.model.layers.{layer}.{HF_MODULES[target]}"
+        tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])
+        tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
+        modules.add(HF_MODULES[target].split(".")[-1])
+    config = {
+        "base_model_name_or_path": base_model, "bias": "none", "fan_in_fan_out": False,
+        "inference_mode": True, "init_lora_weights": True, "lora_alpha": adapter.alpha,
+        "lora_dropout": 0.0, "modules_to_save": None, "peft_type": "LORA", "r": adapter.rank,
+        "target_modules": sorted(modules), "task_type": "CAUSAL_LM", "use_dora": False,
+        "use_rslora": False,
+        # Ours, ignored by PEFT: what to check when converting back.
+        "prge_gguf": {"version": __version__, "architecture": adapter.architecture,
+                      "base_fingerprint": adapter.fingerprint, "n_head": n_head, "n_head_kv": n_head_kv},
+    }
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: int | None = None,
+              n_head_kv: int | None = None) -> LoraAdapter:
+    """Read a PEFT LoRA folder as a GGUF-layout adapter. Architecture and head counts come
+    from our own config block when present, else from the arguments (the base GGUF's)."""
+    folder = Path(folder)
+    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise PrgeError(f"{folder}: not a PEFT adapter folder ({f.name} missing)")
+    config = json.loads(config_file.read_text())
+    ours = config.get("prge_gguf", {})
+    arch = ours.get("architecture", architecture)
+    n_head, n_head_kv = ours.get("n_head", n_head), ours.get("n_head_kv", n_head_kv)
+    if arch is None or n_head is None or n_head_kv is None:
+        raise PrgeError(f"{folder}: pass the base model so that its architecture and head counts are known")
+    if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("use_rslora"):
+        raise PrgeError(f"{config_file}: only plain LoRA adapters convert (no DoRA / rsLoRA)")
+    back = {v: k for k, v in HF_MODULES.items()}
+    a, b = {}, {}
+    for key, value in load_file(str(weights)).items():
+        m = _PEFT_KEY.match(key)
+        if not m or m.group(2) not in back:
+            raise PrgeError(f"{weights}: tensor {key} is not a LoRA weight of a known projection")
+        target = back[m.group(2)]
+        name = f"blk.{m.group(1)}.{target}.weight"
+        value = value.astype(np.float32)
+        if m.group(3) == "B" and arch in _PERMUTED and target in ("attn_q", "attn_k"):
+            value = rope_rows_to_gguf(value, _heads(target, n_head, n_head_kv))
+        (a if m.group(3) == "A" else b)[name] = value
+    return LoraAdapter(arch, float(config["lora_alpha"]), a, b, ours.get("base_fingerprint", ""))
