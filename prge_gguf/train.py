@@ -71,8 +71,13 @@ def example_losses(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example (loss, correct 1/0, NaN for language modelling) under `adapters`, all
     examples scored in as few decodes as fit."""
-    requests = [r for ex in batch for r in ex.requests]
-    results = engine.score(requests, adapters)
+    return losses_of(batch, engine.score([r for ex in batch for r in ex.requests], adapters), loss)
+
+
+def losses_of(
+    batch: Sequence[TokenizedExample], results: Sequence[Sequence[np.ndarray]], loss: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example (loss, correct) from the engine's results for all of `batch`'s requests."""
     losses, correct, i = [], [], 0
     for ex in batch:
         scores = option_scores(ex, results[i : i + len(ex.requests)])
@@ -98,19 +103,17 @@ def pair_loss_fn(
 ) -> PairLoss:
     """Losses at B +/- eps z_i for each scaled direction eps z_i, evaluated on `batch`."""
 
-    def mean_loss(adapters: AdapterSet) -> float:
-        return float(example_losses(engine, batch, adapters, cfg.loss)[0].mean())
+    requests = [r for ex in batch for r in ex.requests]
 
     def pair_loss(scaled: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        # One adapter per sign: B +/- eps z. (Stacking B and eps z as two adapters at scales
-        # 1 and +/-1 would save files, but llama.cpp mis-applies two adapters on one weight
-        # for attn_k and the ffn projections: see bench/NOTES.md.)
-        plus, minus = [], []
-        for dz in scaled:
-            for sign, out in ((1, plus), (-1, minus)):
-                b = {n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names}
-                out.append(mean_loss([(adapter.with_b(b), 1.0)]))
-        return np.array(plus), np.array(minus)
+        # One adapter per sign: B +/- eps z, all 2q handed to the engine at once. (Stacking B
+        # and eps z as two adapters at scales 1 and +/-1 would save llama.cpp files, but it
+        # mis-applies two adapters on one weight: see bench/NOTES.md.)
+        perturbed = [adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
+                     for dz in scaled for sign in (1, -1)]
+        means = np.array([losses_of(batch, results, cfg.loss)[0].mean()
+                          for results in engine.score_each(requests, perturbed)])
+        return means[0::2], means[1::2]
 
     return pair_loss
 

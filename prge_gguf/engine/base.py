@@ -54,5 +54,12 @@ class Engine(Protocol):
         An empty `adapters` scores the base model.
         """
 
+    def score_each(
+        self, requests: Sequence[ScoreRequest], adapters: Sequence[LoraAdapter]
+    ) -> list[list[list[np.ndarray]]]:
+        """`score(requests, [(a, 1.0)])` for each adapter `a`: the 2q perturbed adapters of a
+        P-RGE step. An engine may evaluate them together (the paper's outer/inner-loop
+        parallelism) or in turn."""
+
     def close(self) -> None:
         """Free the model and everything built on it."""

@@ -228,6 +228,11 @@ class LlamaEngine:
         """Text of `tokens` (control tokens left out)."""
         return b"".join(self._piece(t, special=False) for t in tokens).decode("utf-8", errors="replace")
 
+    def score_each(self, requests: Sequence[ScoreRequest],
+                   adapters: Sequence[LoraAdapter]) -> list[list[list[np.ndarray]]]:
+        """One adapter at a time (llama.cpp applies one adapter set per context)."""
+        return [self.score(requests, [(a, 1.0)]) for a in adapters]
+
     def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
         # Each decode scores fresh sequences: nothing cached may leak in from the last one.
         self._run([(seq, pos, tok, pos in wanted)
