@@ -21,6 +21,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="base model GGUF (default: the shipped SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
     p.add_argument("--n-gpu-layers", type=int, help="layers offloaded to GPU (-1 = all; default 0)")
+    p.add_argument("--engine", choices=("llama", "torch"),
+                   help="llama: llama.cpp on the quantized GGUF (default); torch: the same GGUF "
+                        "dequantized in transformers (reference; needs the torch extra)")
+    p.add_argument("--device", help="torch engine device: cpu (default), cuda, mps")
     p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default 1024)")
     p.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: --n-ctx)")
     p.add_argument("--truncate", action="store_true", default=None,
@@ -107,6 +111,11 @@ def _model_path(arg: str | None) -> Path:
 
 
 def _open_engine(args: argparse.Namespace):
+    if args.engine == "torch":
+        from prge_gguf.engine.torch_engine import TorchEngine
+
+        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=args.n_ctx,
+                           threads=args.threads)
     from prge_gguf.engine.llama import LlamaEngine
 
     return LlamaEngine(_model_path(args.model), n_ctx=args.n_ctx, threads=args.threads,
@@ -152,10 +161,11 @@ def _datasets(args: argparse.Namespace):
 
 
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
-                "truncate")
+                "truncate", "engine")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}", "max_tokens": 64}
-_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers")
+_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}", "max_tokens": 64,
+             "engine": "llama", "device": "cpu"}
+_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers", "device")
 
 
 def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
@@ -308,6 +318,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from prge_gguf.lm_data import generation_prompt
     from prge_gguf.lora import read_gguf
 
+    if args.engine != "llama":
+        raise PrgeError("generate runs on the llama engine (drop --engine torch)")
     with _open_engine(args) as engine:
         adapters = []
         if args.adapter:

@@ -1,0 +1,163 @@
+"""Reference engine: the same GGUF dequantized by transformers, LoRA applied in torch.
+
+It implements the paper's multi-perturbed LoRA: `score_each` repeats the batch
+K times and gives slice k its own B (B stacked as (K, out, r)), so all 2q
+perturbations of a step run in ONE forward. Needs the `torch` extra.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from converters.peft import HF_MODULES, rope_rows_to_hf
+from prge_gguf.engine.base import AdapterSet, ScoreRequest
+from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import read_header
+from prge_gguf.lora import LoraAdapter
+
+_TARGET = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - the message is the point
+    torch = None
+
+
+class _LoraHook:
+    """Adds sum_j scale_j * B_j (A x) per batch slice to a Linear's output."""
+
+    def __init__(self) -> None:
+        self.a: torch.Tensor | None = None  # (r, in), shared by every slice
+        self.b: torch.Tensor | None = None  # (K, out, r)
+        self.scale = 1.0
+
+    def __call__(self, module, inputs, output):
+        if self.a is None:
+            return output
+        x = inputs[0]
+        k = self.b.shape[0]
+        xa = torch.einsum("kn...i,ri->kn...r", x.reshape(k, -1, *x.shape[1:]), self.a)
+        delta = torch.einsum("kn...r,kor->kn...o", xa, self.b)
+        return output + self.scale * delta.reshape(output.shape)
+
+
+class TorchEngine:
+    """Scores sequences with transformers in fp32 (or the dtype given), padded to a batch."""
+
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", n_ctx: int = 1024,
+                 threads: int | None = None, batch_tokens: int = 8192) -> None:
+        if torch is None:
+            raise PrgeError("the torch engine needs: pip install 'prge-gguf[torch]'")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = Path(model_path)
+        self.header = read_header(self.model_path)
+        self.n_ctx, self.device, self._batch_tokens = n_ctx, torch.device(device), batch_tokens
+        if threads:
+            torch.set_num_threads(threads)
+        kwargs = {"gguf_file": self.model_path.name}
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(self.model_path.parent), dtype=torch.float32, **kwargs).to(self.device).eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path.parent), **kwargs)
+        self.n_vocab = self.model.config.vocab_size
+        arch = self.header.architecture
+        self._heads = {"attn_q": int(self.header.metadata.get(f"{arch}.attention.head_count", 1)),
+                       "attn_k": int(self.header.metadata.get(f"{arch}.attention.head_count_kv", 1))}
+        self._hooks: dict[str, _LoraHook] = {}
+        layers = self.model.model.layers
+        for name in self.header.tensors:
+            m = _TARGET.match(name)
+            if m and m.group(2) in HF_MODULES:
+                module = layers[int(m.group(1))].get_submodule(HF_MODULES[m.group(2)])
+                hook = self._hooks[name] = _LoraHook()
+                module.register_forward_hook(hook)
+
+    chat_template = None  # chat rendering is the llama engine's job; this one serves references
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
+        """Token ids from the Hugging Face tokenizer of the same GGUF."""
+        return self._tokenizer.encode(text, add_special_tokens=add_special)
+
+    def special_tokens(self) -> dict[str, str]:
+        return {"bos_token": self._tokenizer.bos_token or "", "eos_token": self._tokenizer.eos_token or ""}
+
+    def _b_rows(self, name: str, b: np.ndarray) -> np.ndarray:
+        target = _TARGET.match(name).group(2)
+        # GGUF adapters hold llama's q/k rows in llama.cpp's RoPE order; transformers' in HF's.
+        if self.header.architecture == "llama" and target in self._heads:
+            return rope_rows_to_hf(b, self._heads[target])
+        return b
+
+    def _install(self, adapters: Sequence[LoraAdapter]) -> None:
+        """Stack the adapters' B per target (one slice each); A must be shared (LoRA-FA)."""
+        for hook in self._hooks.values():
+            hook.a = hook.b = None
+        if not adapters:
+            return
+        first = adapters[0]
+        for name in first.names:
+            if name not in self._hooks:
+                raise PrgeError(f"{name}: the adapter targets a tensor this model does not have")
+            if any(a.a[name] is not first.a[name] and not np.array_equal(a.a[name], first.a[name])
+                   for a in adapters[1:]):
+                raise PrgeError("score_each needs adapters that share A (LoRA-FA perturbations)")
+            hook = self._hooks[name]
+            hook.a = torch.from_numpy(np.array(first.a[name])).to(self.device)
+            stacked = np.stack([self._b_rows(name, a.b[name]) for a in adapters])
+            hook.b = torch.from_numpy(stacked).to(self.device)
+            hook.scale = first.alpha / first.rank
+
+    def score(self, requests: Sequence[ScoreRequest], adapters: AdapterSet) -> list[list[np.ndarray]]:
+        """Log-probs of each request's candidates; adapters at scale 1 (LoRA-FA sets)."""
+        if any(scale != 1.0 for _, scale in adapters) or len(adapters) > 1:
+            raise PrgeError("the torch engine applies one adapter at scale 1")
+        if adapters:
+            return self.score_each(requests, [a for a, _ in adapters])[0]
+        return self._forward(requests, 1)[0]
+
+    def score_each(self, requests: Sequence[ScoreRequest],
+                   adapters: Sequence[LoraAdapter]) -> list[list[list[np.ndarray]]]:
+        """All adapters in one forward per chunk of requests: the batch repeated per adapter."""
+        self._install(adapters)
+        try:
+            return self._forward(requests, len(adapters))
+        finally:
+            self._install([])
+
+    def _forward(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[np.ndarray]]]:
+        with torch.no_grad():
+            return self._forward_nograd(requests, k)
+
+    def _forward_nograd(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[np.ndarray]]]:
+        out: list[list[list[np.ndarray]]] = [[] for _ in range(k)]
+        longest = max(r.n_tokens for r in requests)
+        per_chunk = max(1, self._batch_tokens // (k * longest))
+        for start in range(0, len(requests), per_chunk):
+            chunk = requests[start : start + per_chunk]
+            width = max(r.n_tokens for r in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, r in enumerate(chunk):
+                ids[i, : r.n_tokens] = torch.tensor(r.tokens)
+                mask[i, : r.n_tokens] = 1
+            ids, mask = ids.repeat(k, 1).to(self.device), mask.repeat(k, 1).to(self.device)
+            hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            for slot in range(k):
+                for i, r in enumerate(chunk):
+                    rows = hidden[slot * len(chunk) + i, list(r.positions)]
+                    logp = torch.log_softmax(self.model.lm_head(rows).double(), dim=-1).cpu().numpy()
+                    out[slot].append([logp[j, list(c)] for j, c in enumerate(r.candidates)])
+        return out
+
+    def close(self) -> None:
+        self.model = None
+
+    def __enter__(self) -> TorchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
