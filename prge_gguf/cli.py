@@ -89,10 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, help="tokens to generate at most (default 64)")
     gen.add_argument("--chat", action="store_true", help="send each prompt as a user turn (chat template)")
 
-    ex = sub.add_parser("export", help="convert an adapter: GGUF <-> PEFT folder")
+    ex = sub.add_parser("export", help="convert an adapter: GGUF <-> PEFT folder, or merge it")
     ex.add_argument("adapter", help="a GGUF LoRA adapter, or a PEFT folder")
-    ex.add_argument("--to", choices=("peft", "gguf"), required=True, help="output format")
+    ex.add_argument("--to", choices=("peft", "gguf", "merged"), required=True,
+                    help="peft: PEFT folder; gguf: llama.cpp adapter; merged: base model with the adapter in")
     ex.add_argument("--out", required=True, help="output folder (peft) or .gguf file")
+    ex.add_argument("--type", default="Q8_0",
+                    help="merged tensors' type: Q8_0 (default), F16, Q4_0, ... or base (keep each type)")
     ex.add_argument("--model", help="its base model GGUF (default: the shipped SmolLM2 model)")
 
     pl = sub.add_parser("plot", help="training curves of a run folder as a PNG")
@@ -353,6 +356,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_base(adapter, header, str(source))
     if args.to == "peft":
         to_peft(adapter, args.out, base_model=str(header.metadata.get("general.name", "")), **heads)
+    elif args.to == "merged":
+        from converters.merge import merge
+
+        merge(header.path, adapter, Path(args.out), args.type)
     else:
         write_gguf(adapter, Path(args.out))
     print(f"wrote {args.out}")

@@ -147,3 +147,19 @@ def test_unsupported_architecture(capsys, tmp_path):
     assert code == 2
     assert err.splitlines()[-1] == (f"error: {path}: llama.cpp could not load this model "
                                     "(architecture 'notanarch' unsupported, or the file is corrupt)")
+
+
+def test_truncated_adapter_file(capsys, tmp_path, model_path):
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa, write_gguf
+
+    good = tmp_path / "adapter.gguf"
+    write_gguf(init_lora_fa(read_header(model_path), ["attn_v"], 4, 8, seed=0), good)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for command in (["eval", "--task", "sst2", "--limit", "1", "--adapter", str(cut)],
+                    ["export", str(cut), "--to", "peft", "--out", str(tmp_path / "peft")]):
+        code, err = _run(capsys, *command)
+        assert code == 2
+        assert err.startswith(f"error: {cut}: not a readable GGUF adapter (") and "\n" not in err
+    assert not (tmp_path / "peft").exists()
