@@ -13,8 +13,8 @@ from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
 
-_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "seed",
-              "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every", "early_stop")
+_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
+              "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every", "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float)
     tr.add_argument("--loss", choices=("label", "vocab"),
                     help="label: CE over label words (default); vocab: full-vocabulary token CE")
+    tr.add_argument("--optimizer", choices=("zo", "fo"),
+                    help="zo: P-RGE (default); fo: first-order SGD by backprop, a baseline (--engine torch)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
@@ -227,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
+        if cfg.optimizer == "fo" and not hasattr(engine, "loss_gradient"):
+            raise PrgeError("--optimizer fo needs backpropagation: use --engine torch")
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
         else:

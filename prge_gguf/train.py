@@ -32,6 +32,7 @@ class TrainConfig:
     lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
+    optimizer: str = "zo"  # "zo": P-RGE; "fo": first-order SGD by backprop (torch engine; a baseline)
     seed: int = 0  # seeds A's init, batch order and every z
     rank: int = 8
     alpha: float = 16.0
@@ -57,6 +58,7 @@ class TrainConfig:
             (self.lr >= 0, "--lr must be >= 0"),
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.optimizer in ("zo", "fo"), "--optimizer must be zo or fo"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.early_stop >= 0, "--early-stop must be >= 0"),
@@ -211,20 +213,29 @@ def _eval_score(accuracy: float | None, loss: float) -> float:
 
 def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExample],
           cfg: TrainConfig, run: RunDir, step: int, start: float) -> tuple[LoraAdapter, float, float]:
-    """One P-RGE step (0-based `step`), logged; returns (updated adapter, loss, tokens/s)."""
+    """One step (0-based `step`), logged; returns (updated adapter, loss, tokens/s)."""
     t0 = time.perf_counter()
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
-    new_b, lp, lm = prge_step(
-        adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
-        q=cfg.q, eps=cfg.eps, lr=lr_at(cfg, step), weight_decay=cfg.weight_decay,
-    )
-    loss = float((lp.mean() + lm.mean()) / 2)
+    lr = lr_at(cfg, step)
+    if cfg.optimizer == "fo":
+        # First-order baseline: the exact gradient by backprop (torch engine), plain SGD.
+        loss, grads = engine.loss_gradient(batch, adapter, cfg.loss)
+        wd = np.float32(cfg.weight_decay)
+        new_b = {n: adapter.b[n] - np.float32(lr) * (grads[n].astype(np.float32) + wd * adapter.b[n])
+                 for n in adapter.names}
+        passes = 1
+    else:
+        new_b, lp, lm = prge_step(
+            adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
+            q=cfg.q, eps=cfg.eps, lr=lr, weight_decay=cfg.weight_decay,
+        )
+        loss, passes = float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
     if not np.isfinite(loss):
         raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
                         "(the run folder keeps its last good checkpoint)")
     dt = time.perf_counter() - t0
-    tokens = 2 * cfg.q * sum(ex.n_tokens for ex in batch)
-    run.metrics({"step": step + 1, "loss": loss, "lr": lr_at(cfg, step), "tokens": tokens,
+    tokens = passes * sum(ex.n_tokens for ex in batch)
+    run.metrics({"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens,
                  "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
     return adapter.with_b(new_b), loss, tokens / dt
 

@@ -163,3 +163,10 @@ def test_truncated_adapter_file(capsys, tmp_path, model_path):
         assert code == 2
         assert err.startswith(f"error: {cut}: not a readable GGUF adapter (") and "\n" not in err
     assert not (tmp_path / "peft").exists()
+
+
+def test_first_order_needs_the_torch_engine(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--task", "sst2", "--optimizer", "fo", "--steps", "1",
+                     "--eval-every", "0", "--out", str(tmp_path / "run"))
+    assert (code, err.splitlines()[-1]) == (2, "error: --optimizer fo needs backpropagation: use --engine torch")
+    assert not (tmp_path / "run").exists()

@@ -75,6 +75,12 @@ def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):
     assert main(["train", "--engine", "torch", "--task", "sst2", "--valid", str(valid), "--steps", "2",
                  "--batch-size", "2", "--q", "2", "--targets", "attn_v", "--eval-every", "0",
                  "--threads", "2", "--out", str(out)]) == 0
+    fo = tmp_path / "fo"
+    assert main(["train", "--engine", "torch", "--optimizer", "fo", "--lr", "1e-3", "--task", "sst2",
+                 "--valid", str(valid), "--steps", "2", "--batch-size", "2", "--targets", "attn_v",
+                 "--eval-every", "0", "--threads", "2", "--out", str(fo)]) == 0
+    fo_steps = [json.loads(line) for line in (fo / "metrics.jsonl").read_text().splitlines()][:2]
+    assert [r["tokens"] for r in fo_steps] != [0, 0] and all(np.isfinite(r["loss"]) for r in fo_steps)
     saved = json.loads((out / "config.json").read_text())
     assert saved["source"]["engine"] == "torch"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -83,3 +89,24 @@ def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):
     assert main(["eval", "--engine", "torch", "--valid", str(valid), "--task", "sst2",
                  "--adapter", str(out / "adapter.gguf"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def test_exact_gradient_matches_the_central_differences_prge_uses(engine, torch_engine):
+    from prge_gguf.train import losses_of
+
+    task = builtin_task("sst2")
+    batch = [tokenize(engine, e) for e in task.examples(task.train_file)[:6]]
+    requests = [r for ex in batch for r in ex.requests]
+    adapter = _adapter(engine.header, seed=4, scale=0.02)
+    loss, grads = torch_engine.loss_gradient(batch, adapter, "label")
+    rng = np.random.default_rng(5)
+    eps = 1e-3
+    for _ in range(3):
+        z = {n: rng.standard_normal(b.shape).astype(np.float32) for n, b in adapter.b.items()}
+        pair = [adapter.with_b({n: adapter.b[n] + s * eps * z[n] for n in adapter.names}) for s in (1, -1)]
+        plus, minus = (losses_of(batch, results, "label")[0].mean()
+                       for results in torch_engine.score_each(requests, pair))
+        directional = sum(float((grads[n] * z[n]).sum()) for n in adapter.names)
+        assert (plus - minus) / (2 * eps) == pytest.approx(directional, rel=0.02, abs=1e-3)
+    base = losses_of(batch, torch_engine.score(requests, [(adapter, 1.0)]), "label")[0].mean()
+    assert loss == pytest.approx(base, rel=1e-6)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.peft import HF_MODULES, rope_rows_to_hf
+from converters.peft import HF_MODULES, rope_rows_to_gguf, rope_rows_to_hf
+from prge_gguf.data import TokenizedExample
 from prge_gguf.engine.base import AdapterSet, ScoreRequest
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
@@ -25,6 +26,19 @@ try:
     import torch
 except ImportError:  # pragma: no cover - the message is the point
     torch = None
+
+
+def _torch_loss(ex: TokenizedExample, results: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
+    """`data.option_scores` + `data.example_loss` on differentiable log-probs."""
+    scores = torch.zeros(ex.n_options, dtype=torch.float64)
+    for req_owners, req_results in zip(ex.owners, results, strict=True):
+        for pos_owners, logprobs in zip(req_owners, req_results, strict=True):
+            scores = scores.index_add(0, torch.tensor(pos_owners), logprobs)
+    if ex.n_scored:
+        return -scores[0] / ex.n_scored
+    if kind == "vocab":
+        return -scores[ex.label]
+    return torch.logsumexp(scores, 0) - scores[ex.label]
 
 
 class _LoraHook:
@@ -85,11 +99,12 @@ class TorchEngine:
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": self._tokenizer.bos_token or "", "eos_token": self._tokenizer.eos_token or ""}
 
-    def _b_rows(self, name: str, b: np.ndarray) -> np.ndarray:
+    def _b_rows(self, name: str, b: np.ndarray, back: bool = False) -> np.ndarray:
+        """B rows in transformers' order (or, `back`, in the GGUF order again)."""
         target = _TARGET.match(name).group(2)
         # GGUF adapters hold llama's q/k rows in llama.cpp's RoPE order; transformers' in HF's.
         if self.header.architecture == "llama" and target in self._heads:
-            return rope_rows_to_hf(b, self._heads[target])
+            return (rope_rows_to_gguf if back else rope_rows_to_hf)(b, self._heads[target])
         return b
 
     def _install(self, adapters: Sequence[LoraAdapter]) -> None:
@@ -130,10 +145,32 @@ class TorchEngine:
 
     def _forward(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[np.ndarray]]]:
         with torch.no_grad():
-            return self._forward_nograd(requests, k)
+            return [[[lp.cpu().numpy() for lp in req] for req in slot]
+                    for slot in self._candidate_logprobs(requests, k)]
 
-    def _forward_nograd(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[np.ndarray]]]:
-        out: list[list[list[np.ndarray]]] = [[] for _ in range(k)]
+    def loss_gradient(self, batch: Sequence[TokenizedExample], adapter: LoraAdapter,
+                      loss: str) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean loss over `batch` and its exact gradient with respect to every B (GGUF row
+        order), by backpropagation: the first-order baseline."""
+        self._install([adapter])
+        try:
+            leaves = {name: self._hooks[name].b.requires_grad_(True) for name in adapter.names}
+            requests = [r for ex in batch for r in ex.requests]
+            with torch.enable_grad():
+                results = self._candidate_logprobs(requests, 1)[0]
+                total, i = 0.0, 0
+                for ex in batch:
+                    total = total + _torch_loss(ex, results[i : i + len(ex.requests)], loss)
+                    i += len(ex.requests)
+                mean = total / len(batch)
+                mean.backward()
+            grads = {n: self._b_rows(n, b.grad[0].cpu().numpy(), back=True) for n, b in leaves.items()}
+            return float(mean), grads
+        finally:
+            self._install([])
+
+    def _candidate_logprobs(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[torch.Tensor]]]:
+        out: list[list[list[torch.Tensor]]] = [[] for _ in range(k)]
         longest = max(r.n_tokens for r in requests)
         per_chunk = max(1, self._batch_tokens // (k * longest))
         for start in range(0, len(requests), per_chunk):
@@ -149,7 +186,7 @@ class TorchEngine:
             for slot in range(k):
                 for i, r in enumerate(chunk):
                     rows = hidden[slot * len(chunk) + i, list(r.positions)]
-                    logp = torch.log_softmax(self.model.lm_head(rows).double(), dim=-1).cpu().numpy()
+                    logp = torch.log_softmax(self.model.lm_head(rows).double(), dim=-1)
                     out[slot].append([logp[j, list(c)] for j, c in enumerate(r.candidates)])
         return out
 
