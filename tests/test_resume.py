@@ -49,6 +49,25 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert json.loads((killed / "checkpoint.json").read_text())["step"] == 8
 
 
+def test_ctrl_c_writes_a_checkpoint_at_the_current_step(tmp_path):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "a joy to watch", "label": 1}\n')
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    cmd = [*_train_cmd(whole, valid)[:-2], "--checkpoint-every", "0", "--out"]
+    subprocess.run([*cmd, str(whole)], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_steps(stopped)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130 and b"interrupted" in err
+    state = json.loads((stopped / "checkpoint.json").read_text())
+    assert state["step"] == len(_steps(stopped)) >= 3  # no completed step is lost
+    assert main(["train", "--resume", str(stopped), "--threads", "2"]) == 0
+    assert (stopped / "adapter.gguf").read_bytes() == (whole / "adapter.gguf").read_bytes()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert main(["train", "--resume", str(tmp_path)]) == 2
