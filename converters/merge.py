@@ -11,16 +11,14 @@ copied byte for byte.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import QuantError, dequantize, quantize
 
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import LoraAdapter
+from prge_gguf.lora import LoraAdapter, atomic_gguf_writer
 
 _SKIP_KEYS = ("GGUF.", "general.architecture")
 
@@ -44,12 +42,8 @@ def merge(base_path: str | Path, adapter: LoraAdapter, out_path: str | Path,
     except KeyError:
         raise PrgeError(f"--type: unknown tensor type '{out_type}' (e.g. Q8_0, F16, Q4_0, base)") from None
     reader = GGUFReader(base_path)
-    out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
     written: dict[str, str] = {}
-    try:
-        writer = GGUFWriter(tmp, adapter.architecture)
+    with atomic_gguf_writer(out_path, adapter.architecture) as writer:
         for field in reader.fields.values():
             if field.name.startswith(_SKIP_KEYS):
                 continue
@@ -70,12 +64,4 @@ def merge(base_path: str | Path, adapter: LoraAdapter, out_path: str | Path,
             written[t.name] = qtype.name
         if missing:
             raise PrgeError(f"{base_path}: has no tensor {sorted(missing)[0]} that the adapter targets")
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return written

@@ -13,6 +13,8 @@ import itertools
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,13 +108,29 @@ def init_lora_fa(
     return LoraAdapter(header.architecture, float(alpha), a, b, base_fingerprint(header))
 
 
-def write_gguf(adapter: LoraAdapter, path: str | Path, extra: dict[str, str] | None = None) -> None:
-    """Write `adapter` as a llama.cpp LoRA GGUF, atomically (temp file + rename)."""
+@contextmanager
+def atomic_gguf_writer(path: str | Path, architecture: str) -> Iterator[GGUFWriter]:
+    """A GGUFWriter on a temp file beside `path`: written and renamed over `path` when the
+    block ends, removed if anything fails (a crash leaves the old file or the new one)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        writer = GGUFWriter(tmp, adapter.architecture)
+        writer = GGUFWriter(tmp, architecture)
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_gguf(adapter: LoraAdapter, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    """Write `adapter` as a llama.cpp LoRA GGUF, atomically (temp file + rename)."""
+    with atomic_gguf_writer(path, adapter.architecture) as writer:
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
         writer.add_float32("adapter.lora.alpha", adapter.alpha)
@@ -124,14 +142,6 @@ def write_gguf(adapter: LoraAdapter, path: str | Path, extra: dict[str, str] | N
             stem = name.removesuffix(".weight")
             writer.add_tensor(f"{stem}.weight.lora_a", np.ascontiguousarray(adapter.a[name]))
             writer.add_tensor(f"{stem}.weight.lora_b", np.ascontiguousarray(adapter.b[name]))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_gguf(path: str | Path) -> LoraAdapter:
