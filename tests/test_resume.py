@@ -53,9 +53,12 @@ def test_ctrl_c_writes_a_checkpoint_at_the_current_step(tmp_path):
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "a joy to watch", "label": 1}\n')
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    cmd = [*_train_cmd(whole, valid)[:-2], "--checkpoint-every", "0", "--out"]
+    cmd = [*_train_cmd(whole, valid)[:-2], "--checkpoint-every", "0", "--steps", "12", "--out"]
     subprocess.run([*cmd, str(whole)], check=True, capture_output=True)
-    proc = subprocess.Popen([*cmd, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A shell running this suite in the background starts it with SIGINT ignored, which the
+    # child would inherit: give it the default disposition, as a terminal's Ctrl-C expects.
+    proc = subprocess.Popen([*cmd, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(_steps(stopped)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -63,7 +66,9 @@ def test_ctrl_c_writes_a_checkpoint_at_the_current_step(tmp_path):
     _, err = proc.communicate()
     assert proc.returncode == 130 and b"interrupted" in err
     state = json.loads((stopped / "checkpoint.json").read_text())
-    assert state["step"] == len(_steps(stopped)) >= 3  # no completed step is lost
+    # The checkpoint holds the last step applied: the one logged, or, if Ctrl-C came between
+    # logging a step and applying it, the one before (its row is dropped on resume).
+    assert state["step"] >= 2 and len(_steps(stopped)) - state["step"] in (0, 1)
     assert main(["train", "--resume", str(stopped), "--threads", "2"]) == 0
     assert (stopped / "adapter.gguf").read_bytes() == (whole / "adapter.gguf").read_bytes()
 
