@@ -210,6 +210,7 @@ def _check_base(adapter, header, path: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`prge-gguf train`: a new run in --out, or --resume one."""
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
@@ -264,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`prge-gguf eval`: loss and accuracy of the model, with or without an adapter."""
     from prge_gguf.lora import read_gguf
     from prge_gguf.train import evaluate
 
@@ -297,6 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
     from prge_gguf.gguf_header import read_header
 
     path = _model_path(args.model)
@@ -322,6 +325,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """`prge-gguf generate`: greedy completions, as a sanity check of an adapter."""
     from prge_gguf.lm_data import generation_prompt
     from prge_gguf.lora import read_gguf
 
@@ -347,6 +351,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`prge-gguf export`: GGUF adapter <-> PEFT folder, or merged into the base model."""
     from converters.peft import from_peft, to_peft
     from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import read_gguf, write_gguf
@@ -371,6 +376,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """`prge-gguf plot`: a run's curves as a PNG."""
     from prge_gguf.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")

@@ -43,10 +43,12 @@ class TokenizedExample:
 
     @property
     def n_tokens(self) -> int:
+        """Tokens decoded to score this example (all its sequences)."""
         return sum(r.n_tokens for r in self.requests)
 
     @property
     def longest(self) -> int:
+        """Length of its longest sequence."""
         return max(r.n_tokens for r in self.requests)
 
 

@@ -41,6 +41,7 @@ class GGUFHeader:
 
     @property
     def architecture(self) -> str:
+        """`general.architecture` (e.g. llama, gemma3)."""
         return str(self.metadata.get("general.architecture", "unknown"))
 
 

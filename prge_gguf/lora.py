@@ -68,6 +68,7 @@ class LoraAdapter:
 
     @property
     def rank(self) -> int:
+        """The LoRA rank r."""
         return next(iter(self.a.values())).shape[0]
 
     def with_b(self, b: dict[str, np.ndarray]) -> LoraAdapter:

@@ -117,6 +117,7 @@ class RunDir:
                 old.unlink()
 
     def close(self) -> None:
+        """Close metrics.jsonl and the TensorBoard writer."""
         if self._metrics is not None:
             self._metrics.close()
         if self._tensorboard is not None:

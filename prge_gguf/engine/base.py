@@ -29,6 +29,7 @@ class ScoreRequest:
 
     @property
     def n_tokens(self) -> int:
+        """Length of the sequence."""
         return len(self.tokens)
 
 

@@ -97,6 +97,7 @@ class TorchEngine:
         return self._tokenizer.encode(text, add_special_tokens=add_special)
 
     def special_tokens(self) -> dict[str, str]:
+        """`bos_token` and `eos_token` texts of the Hugging Face tokenizer."""
         return {"bos_token": self._tokenizer.bos_token or "", "eos_token": self._tokenizer.eos_token or ""}
 
     def _b_rows(self, name: str, b: np.ndarray, back: bool = False) -> np.ndarray:
@@ -191,6 +192,7 @@ class TorchEngine:
         return out
 
     def close(self) -> None:
+        """Drop the model (torch frees it with the last reference)."""
         self.model = None
 
     def __enter__(self) -> TorchEngine:
