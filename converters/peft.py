@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import LoraAdapter
+from prge_gguf.lora import TARGET_NAME, LoraAdapter
 
 # llama.cpp projection -> Hugging Face module path inside a decoder layer.
 HF_MODULES = {
@@ -28,7 +28,6 @@ HF_MODULES = {
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_GGUF_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
 _PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 # Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's.
 _PERMUTED = {"llama"}
@@ -46,25 +45,28 @@ def rope_rows_to_gguf(rows: np.ndarray, n_head: int) -> np.ndarray:
     return rows.reshape(n_head, 2, out // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def _heads(target: str, n_head: int, n_head_kv: int) -> int:
-    return n_head if target == "attn_q" else n_head_kv
+def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_head_kv: int, *,
+                to_hf: bool) -> np.ndarray:
+    """lora_B with its rows in Hugging Face's order (`to_hf`) or back in the GGUF's: only the
+    q/k projections of RoPE-permuted architectures differ."""
+    if architecture not in _PERMUTED or target not in ("attn_q", "attn_k"):
+        return b
+    heads = n_head if target == "attn_q" else n_head_kv
+    return (rope_rows_to_hf if to_hf else rope_rows_to_gguf)(b, heads)
 
 
 def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv: int,
             base_model: str = "") -> Path:
     """Write `adapter` as a PEFT LoRA folder; returns the folder."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors, modules = {}, set()
     for name in adapter.names:
-        m = _GGUF_NAME.match(name)
+        m = TARGET_NAME.match(name)
         if not m or m.group(2) not in HF_MODULES:
             raise PrgeError(f"{name}: no PEFT module for this tensor "
                             f"(expected one of {', '.join(HF_MODULES)})")
         layer, target = m.group(1), m.group(2)
-        b = adapter.b[name]
-        if adapter.architecture in _PERMUTED and target in ("attn_q", "attn_k"):
-            b = rope_rows_to_hf(b, _heads(target, n_head, n_head_kv))
+        b = lora_b_rows(adapter.b[name], target, adapter.architecture, n_head, n_head_kv, to_hf=True)
         prefix = f"base_model.model.model.layers.{layer}.{HF_MODULES[target]}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
@@ -79,6 +81,7 @@ def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv
         "prge_gguf": {"version": __version__, "architecture": adapter.architecture,
                       "base_fingerprint": adapter.fingerprint, "n_head": n_head, "n_head_kv": n_head_kv},
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -110,7 +113,10 @@ def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: in
         target = back[m.group(2)]
         name = f"blk.{m.group(1)}.{target}.weight"
         value = value.astype(np.float32)
-        if m.group(3) == "B" and arch in _PERMUTED and target in ("attn_q", "attn_k"):
-            value = rope_rows_to_gguf(value, _heads(target, n_head, n_head_kv))
+        if m.group(3) == "B":
+            value = lora_b_rows(value, target, arch, n_head, n_head_kv, to_hf=False)
         (a if m.group(3) == "A" else b)[name] = value
+    unpaired = sorted(set(a) ^ set(b))
+    if unpaired:
+        raise PrgeError(f"{weights}: {unpaired[0]} has only one of lora_A/lora_B")
     return LoraAdapter(arch, float(config["lora_alpha"]), a, b, ours.get("base_fingerprint", ""))

@@ -224,9 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         cfg, run, start_step, adapter = TrainConfig(**overrides), None, 0, None
-        if (Path(args.out) / "metrics.jsonl").exists():
-            raise PrgeError(f"{args.out}: already holds a run (metrics.jsonl); choose another --out, "
-                            "resume it with --resume, or remove it")
+        RunDir.ensure_new(Path(args.out))  # fail before the model loads
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
@@ -344,7 +342,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
                 tokens = engine.tokenize(text, add_special=True, parse_special=True)
             else:
-                text, tokens = prompt, engine.tokenize(prompt, add_special=True)
+                tokens = engine.tokenize(prompt, add_special=True)
             completion = engine.detokenize(engine.generate(tokens, adapters, args.max_tokens))
             print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
     return 0
@@ -357,11 +355,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from prge_gguf.lora import read_gguf, write_gguf
 
     header = read_header(_model_path(args.model))
-    arch = header.architecture
-    heads = {"n_head": int(header.metadata.get(f"{arch}.attention.head_count", 0)),
-             "n_head_kv": int(header.metadata.get(f"{arch}.attention.head_count_kv", 0))}
+    heads = dict(zip(("n_head", "n_head_kv"), header.head_counts, strict=True))
     source = Path(args.adapter)
-    adapter = (from_peft(source, architecture=arch, **heads) if source.is_dir() else read_gguf(source))
+    adapter = from_peft(source, architecture=header.architecture, **heads) if source.is_dir() \
+        else read_gguf(source)
     _check_base(adapter, header, str(source))
     if args.to == "peft":
         to_peft(adapter, args.out, base_model=str(header.metadata.get("general.name", "")), **heads)

@@ -44,6 +44,13 @@ class GGUFHeader:
         """`general.architecture` (e.g. llama, gemma3)."""
         return str(self.metadata.get("general.architecture", "unknown"))
 
+    @property
+    def head_counts(self) -> tuple[int, int]:
+        """(attention heads, key/value heads); 0 where the file does not say."""
+        arch = self.architecture
+        return (int(self.metadata.get(f"{arch}.attention.head_count", 0)),
+                int(self.metadata.get(f"{arch}.attention.head_count_kv", 0)))
+
 
 class _Cursor:
     def __init__(self, buf: mmap.mmap) -> None:

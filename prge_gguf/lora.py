@@ -27,7 +27,8 @@ from prge_gguf.gguf_header import GGUFHeader
 
 # The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-_TARGET_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+# A block weight's GGUF name: groups (layer, projection).
+TARGET_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
 _KEY_FINGERPRINT = "prge.base_fingerprint"
 _ids = itertools.count()
 
@@ -78,7 +79,7 @@ class LoraAdapter:
 
 def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int, int]]:
     """Map each targeted base weight name to its (out, in) shape; reject unknown targets."""
-    present = {m.group(2) for name in header.tensors if (m := _TARGET_RE.match(name))}
+    present = {m.group(2) for name in header.tensors if (m := TARGET_NAME.match(name))}
     for target in targets:
         if target not in present:
             known = ", ".join(t for t in TARGETS if t in present)
@@ -88,7 +89,7 @@ def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int
             )
     shapes = {}
     for name, info in header.tensors.items():
-        m = _TARGET_RE.match(name)
+        m = TARGET_NAME.match(name)
         if m and m.group(2) in targets and len(info.shape) == 2:
             shapes[name] = (int(info.shape[0]), int(info.shape[1]))
     return dict(sorted(shapes.items()))

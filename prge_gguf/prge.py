@@ -48,8 +48,16 @@ def apply_update(
     for i, g in enumerate(grads):
         for n, z in direction(shapes, seed, step, i).items():
             total[n] += np.float32(g / len(grads)) * z
+    return descend(params, total, lr, weight_decay)
+
+
+def descend(
+    params: Tensors, gradient: Tensors, lr: float, weight_decay: float = 0.0
+) -> dict[str, np.ndarray]:
+    """B - lr * (gradient + weight_decay * B), in float32: the step of P-RGE and of the
+    first-order baseline alike."""
     return {
-        n: (p - np.float32(lr) * (total[n] + np.float32(weight_decay) * p)).astype(np.float32)
+        n: (p - np.float32(lr) * (gradient[n] + np.float32(weight_decay) * p)).astype(np.float32)
         for n, p in params.items()
     }
 

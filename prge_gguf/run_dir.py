@@ -40,12 +40,17 @@ class RunDir:
         self._metrics = None
         self._tensorboard = _tensorboard_writer(path / "tensorboard")
 
-    @classmethod
-    def open_new(cls, path: Path, config: dict) -> RunDir:
-        """Start a run in `path`; refuses a folder that already holds one."""
+    @staticmethod
+    def ensure_new(path: Path) -> None:
+        """Refuse a folder that already holds a run."""
         if (path / "metrics.jsonl").exists():
             raise PrgeError(f"{path}: already holds a run (metrics.jsonl); choose another --out, "
                             "resume it with --resume, or remove it")
+
+    @classmethod
+    def open_new(cls, path: Path, config: dict) -> RunDir:
+        """Start a run in `path`; refuses a folder that already holds one."""
+        cls.ensure_new(path)
         path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         run = cls(path)

@@ -13,7 +13,7 @@ from prge_gguf.data import TokenizedExample, example_loss, option_scores
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, LoraAdapter
-from prge_gguf.prge import PairLoss, prge_step
+from prge_gguf.prge import PairLoss, descend, prge_step
 from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
@@ -220,9 +220,8 @@ def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExa
     if cfg.optimizer == "fo":
         # First-order baseline: the exact gradient by backprop (torch engine), plain SGD.
         loss, grads = engine.loss_gradient(batch, adapter, cfg.loss)
-        wd = np.float32(cfg.weight_decay)
-        new_b = {n: adapter.b[n] - np.float32(lr) * (grads[n].astype(np.float32) + wd * adapter.b[n])
-                 for n in adapter.names}
+        new_b = descend(adapter.b, {n: g.astype(np.float32) for n, g in grads.items()}, lr,
+                        cfg.weight_decay)
         passes = 1
     else:
         new_b, lp, lm = prge_step(

@@ -131,3 +131,18 @@ def test_peft_folder_reproduces_llama_cpp_in_transformers(engine, hf_model, tmp_
     ours, theirs = _next_token_logprobs(engine, model, TEXTS[0], adapter)
     assert _kl(theirs, ours) > 5 * KL_BOUND
     model.unload()
+
+
+def test_peft_folder_missing_a_lora_b_is_a_clear_error(header, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    folder = to_peft(_trained(header), tmp_path / "peft", n_head=9, n_head_kv=3)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors["base_model.model.model.layers.3.mlp.up_proj.lora_B.weight"]
+    save_file(tensors, str(weights))
+    out = tmp_path / "back.gguf"
+    assert main(["export", str(folder), "--to", "gguf", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {weights}: blk.3.ffn_up.weight has only one of lora_A/lora_B")
+    assert not out.exists()

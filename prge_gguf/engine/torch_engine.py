@@ -7,20 +7,17 @@ perturbations of a step run in ONE forward. Needs the `torch` extra.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from converters.peft import HF_MODULES, rope_rows_to_gguf, rope_rows_to_hf
+from converters.peft import HF_MODULES, lora_b_rows
 from prge_gguf.data import TokenizedExample
 from prge_gguf.engine.base import AdapterSet, ScoreRequest
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import LoraAdapter
-
-_TARGET = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+from prge_gguf.lora import TARGET_NAME, LoraAdapter
 
 try:
     import torch
@@ -78,13 +75,10 @@ class TorchEngine:
             str(self.model_path.parent), dtype=torch.float32, **kwargs).to(self.device).eval()
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path.parent), **kwargs)
         self.n_vocab = self.model.config.vocab_size
-        arch = self.header.architecture
-        self._heads = {"attn_q": int(self.header.metadata.get(f"{arch}.attention.head_count", 1)),
-                       "attn_k": int(self.header.metadata.get(f"{arch}.attention.head_count_kv", 1))}
         self._hooks: dict[str, _LoraHook] = {}
         layers = self.model.model.layers
         for name in self.header.tensors:
-            m = _TARGET.match(name)
+            m = TARGET_NAME.match(name)
             if m and m.group(2) in HF_MODULES:
                 module = layers[int(m.group(1))].get_submodule(HF_MODULES[m.group(2)])
                 hook = self._hooks[name] = _LoraHook()
@@ -102,11 +96,8 @@ class TorchEngine:
 
     def _b_rows(self, name: str, b: np.ndarray, back: bool = False) -> np.ndarray:
         """B rows in transformers' order (or, `back`, in the GGUF order again)."""
-        target = _TARGET.match(name).group(2)
-        # GGUF adapters hold llama's q/k rows in llama.cpp's RoPE order; transformers' in HF's.
-        if self.header.architecture == "llama" and target in self._heads:
-            return (rope_rows_to_gguf if back else rope_rows_to_hf)(b, self._heads[target])
-        return b
+        return lora_b_rows(b, TARGET_NAME.match(name).group(2), self.header.architecture,
+                           *self.header.head_counts, to_hf=not back)
 
     def _install(self, adapters: Sequence[LoraAdapter]) -> None:
         """Stack the adapters' B per target (one slice each); A must be shared (LoRA-FA)."""
