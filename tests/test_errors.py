@@ -171,3 +171,61 @@ def test_first_order_needs_the_torch_engine(capsys, tmp_path):
     assert code == 2
     assert err.splitlines()[-1] == "error: --optimizer fo needs backpropagation: use --engine torch"
     assert not (tmp_path / "run").exists()
+
+
+def _input_cases(tmp_path):
+    """(argv, expected error line) for each remaining way to hand the tool bad input."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("task: sst2\nlr: 1: 2\n")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- task\n- sst2\n")
+    mc = _jsonl(tmp_path / "mc.jsonl", [{"text": "pick", "options": ["a", "b"], "label": 2}])
+    mc_short = _jsonl(tmp_path / "mc1.jsonl", [{"text": "pick", "options": ["a"], "label": 0}])
+    plain = _jsonl(tmp_path / "plain.jsonl", [{"text": "fine", "label": 1}])
+    empty_dir = tmp_path / "folder"
+    empty_dir.mkdir()
+    not_peft = tmp_path / "notpeft"
+    not_peft.mkdir()
+    return [
+        (["train", "--config", str(bad_yaml)], f"{bad_yaml}:2: not valid YAML (mapping values"),
+        (["train", "--config", str(listy)], f"{listy}: expected a mapping of settings, got list"),
+        (["eval", "--data", str(plain), "--label-words", "0=,1=good"],
+         "--label-words: empty label or word in '0=' (expected label=word)"),
+        (["eval", "--data", str(mc)], f"{mc}:1: label 2 is not an index into its 2 options"),
+        (["eval", "--data", str(mc_short)],
+         f"{mc_short}:1: field 'options' must be a list of at least 2 strings"),
+        (["eval", "--data", str(plain)],
+         f"{plain}:1: no 'options' field and no --label-words to choose from"),
+        (["eval", "--data", str(empty_dir)], f"{empty_dir}: no train.jsonl in this data folder"),
+        (["eval", "--task", "sst2", "--max-seq-len", "2048"],
+         "--max-seq-len 2048 is larger than --n-ctx 1024"),
+        (["generate", "--prompt", "hi", "--max-tokens", "2000"],
+         "prompt (1 tokens) + --max-tokens 2000 exceed the context of 1024 tokens (raise --n-ctx)"),
+        (["export", str(not_peft), "--to", "gguf", "--out", str(tmp_path / "x.gguf")],
+         f"{not_peft}: not a PEFT adapter folder (adapter_config.json missing)"),
+        (["train", "--resume", str(empty_dir)], f"{empty_dir}: not a run folder (no config.json)"),
+    ]
+
+
+def test_every_other_bad_input_is_one_clear_line(capsys, tmp_path):
+    for argv, expected in _input_cases(tmp_path):
+        code, err = _run(capsys, *argv)
+        assert code == 2, argv
+        line = err.splitlines()[-1]
+        assert line.startswith(f"error: {expected}"), (argv, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.yaml", "folder", "list.yaml", "mc.jsonl", "mc1.jsonl", "notpeft", "plain.jsonl"]
+    assert not any((tmp_path / "folder").iterdir())  # nothing half-written anywhere
+
+
+def test_unknown_merge_type(capsys, tmp_path, model_path):
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa, write_gguf
+
+    adapter = tmp_path / "a.gguf"
+    write_gguf(init_lora_fa(read_header(model_path), ["attn_v"], 4, 8, seed=0), adapter)
+    out = tmp_path / "merged.gguf"
+    code, err = _run(capsys, "export", str(adapter), "--to", "merged", "--type", "Q9_9", "--out", str(out))
+    assert code == 2
+    assert err == "error: --type: unknown tensor type 'Q9_9' (e.g. Q8_0, F16, Q4_0, base)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"]
