@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     tr.add_argument("--early-stop", type=int, metavar="N",
                     help="stop after N evaluations without a better held-out score (best.gguf: the best)")
+    tr.add_argument("--distributed", action="store_true",
+                    help="one rank of a job started by 'torchrun --nproc_per_node N -m prge_gguf train "
+                         "... --distributed': the ranks share each step's perturbations (needs torch)")
 
     ev = sub.add_parser("eval", help="accuracy and loss of the model, with or without an adapter")
     _add_model_args(ev)
@@ -211,12 +215,30 @@ def _check_base(adapter, header, path: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`prge-gguf train`: a new run in --out, or --resume one."""
+    from prge_gguf.distributed import Workers
+
+    # SIGTERM (torchrun stopping a job, `timeout`, a scheduler) takes Ctrl-C's path: checkpoint, stop.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    workers = Workers.join() if args.distributed else Workers()
+    try:
+        return _train_as(workers, args)
+    finally:
+        workers.close()
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _train_as(workers, args: argparse.Namespace) -> int:
+    """`prge-gguf train` on one rank (of one, or of a distributed job); rank 0 writes the run."""
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
+    say = print if workers.is_main else lambda *a, **k: None
     if args.resume:
-        run, saved, start_step, adapter = RunDir.open_resume(Path(args.resume))
+        run, saved, start_step, adapter = RunDir.open_resume(Path(args.resume), writable=workers.is_main)
         cfg = TrainConfig(**saved["train"])
         vars(args).update(saved["source"])
     else:
@@ -225,6 +247,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         cfg, run, start_step, adapter = TrainConfig(**overrides), None, 0, None
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
+    if workers.size > 1 and cfg.optimizer != "zo":
+        raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer zo")
+    if workers.size > 2 * cfg.q:
+        say(f"warning: {workers.size} ranks share {2 * cfg.q} perturbations a step; ranks "
+            f"{2 * cfg.q}..{workers.size - 1} only evaluate (raise --q to use them)", file=sys.stderr)
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
@@ -238,27 +265,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if run is None:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
-            run = RunDir.open_new(Path(args.out), config_record(
-                cfg, source=source, base_fingerprint=adapter.fingerprint, version=__version__))
+            record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,
+                                   version=__version__)
+            run = RunDir.open_new(Path(args.out), record) if workers.is_main \
+                else RunDir(Path(args.out), writable=False)
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
             from tqdm import tqdm
 
-            tqdm.write(f"step {step}: eval {_describe(m)}")
+            if workers.is_main:
+                tqdm.write(f"step {step}: eval {_describe(m)}")
 
         try:
-            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step)
+            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step, workers)
             train_s = time.perf_counter() - t0
             if eval_tok:
-                final = evaluate(engine, eval_tok, adapter, cfg.loss)
+                final = evaluate(engine, eval_tok, adapter, cfg.loss, workers)
                 run.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
-                print(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
+                say(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
         finally:
             run.close()
-    print(f"adapter written to {run.path / 'adapter.gguf'}")
+    say(f"adapter written to {run.path / 'adapter.gguf'}")
     return 0
 
 

@@ -35,10 +35,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 class RunDir:
     """Writes one training run's folder; `open_new` starts one, `open_resume` continues one."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, writable: bool = True, evals: list[dict] | None = None) -> None:
+        """A run folder; `writable=False` (ranks other than 0 of a distributed job) writes nothing."""
+        self.path, self.writable = path, writable
+        self._evals = evals or []
         self._metrics = None
-        self._tensorboard = _tensorboard_writer(path / "tensorboard")
+        self._tensorboard = _tensorboard_writer(path / "tensorboard") if writable else None
 
     @staticmethod
     def ensure_new(path: Path) -> None:
@@ -58,7 +60,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open_resume(cls, path: Path) -> tuple[RunDir, dict, int, LoraAdapter]:
+    def open_resume(cls, path: Path, writable: bool = True) -> tuple[RunDir, dict, int, LoraAdapter]:
         """(run, saved config, step, adapter) of the last checkpoint in `path`.
 
         Metrics logged after that checkpoint are dropped: the resumed run logs them again.
@@ -74,14 +76,19 @@ class RunDir:
         metrics = path / "metrics.jsonl"
         kept = [line for line in (metrics.read_text().splitlines() if metrics.exists() else [])
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        write_text_atomic(metrics, "".join(line + "\n" for line in kept))
-        run = cls(path)
-        run._metrics = metrics.open("a")
+        run = cls(path, writable, [row for line in kept if "eval_loss" in (row := json.loads(line))])
+        if writable:
+            write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+            run._metrics = metrics.open("a")
         return run, config, step, adapter
 
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.jsonl (flushed, so a killed run keeps what it logged);
         mirror its numbers to TensorBoard when tensorboardX is installed."""
+        if "eval_loss" in row:
+            self._evals.append(row)
+        if not self.writable:
+            return
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         if self._tensorboard is not None:
@@ -92,13 +99,13 @@ class RunDir:
 
     def eval_history(self) -> list[dict]:
         """The evaluation rows logged so far (on resume: up to the checkpoint)."""
-        path = self.path / "metrics.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if "eval_loss" in r]
+        return list(self._evals)
 
     def save_adapter(self, adapter: LoraAdapter, extra: dict[str, str], name: str = "adapter.gguf") -> Path:
         """Write `adapter` as `name` in the run folder (atomically)."""
         path = self.path / name
+        if not self.writable:
+            return path
         try:
             write_gguf(adapter, path, extra)
         except OSError as exc:
@@ -108,6 +115,8 @@ class RunDir:
 
     def save_checkpoint(self, adapter: LoraAdapter, step: int) -> None:
         """Write checkpoint-<step>.gguf, commit it in checkpoint.json, then drop older ones."""
+        if not self.writable:
+            return
         name = f"checkpoint-{step:06d}.gguf"
         try:
             write_gguf(adapter, self.path / name, {"prge.step": str(step)})

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prge_gguf.data import TokenizedExample, example_loss, option_scores
+from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, LoraAdapter
@@ -18,6 +19,7 @@ from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
+EVAL_CHUNK = 64  # examples scored together in evaluation; the unit ranks share
 
 
 @dataclass
@@ -90,31 +92,46 @@ def losses_of(
 
 
 def evaluate(
-    engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str
+    engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str,
+    workers: Workers | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy (None without choice examples) over `examples`; the base model
-    when `adapter` is None."""
-    losses, correct = example_losses(engine, examples, [(adapter, 1.0)] if adapter else [], loss)
+    when `adapter` is None. With several `workers`, each scores its share of the chunks."""
+    # Fixed chunks, dealt out whole: llama.cpp's logits depend on which sequences share a
+    # decode, so the same chunking on any number of ranks gives the same numbers.
+    workers = workers or Workers()
+    chunks = [slice(i, i + EVAL_CHUNK) for i in range(0, len(examples), EVAL_CHUNK)]
+    losses, correct = np.zeros(len(examples)), np.zeros(len(examples))
+    for k in workers.mine(len(chunks)):
+        losses[chunks[k]], correct[chunks[k]] = example_losses(
+            engine, examples[chunks[k]], [(adapter, 1.0)] if adapter else [], loss)
+    losses, correct = workers.combine(losses), workers.combine(correct)
     choices = correct[~np.isnan(correct)]
     accuracy = float(choices.mean()) if len(choices) else None
     return {"loss": float(losses.mean()), "accuracy": accuracy, "n": len(examples)}
 
 
 def pair_loss_fn(
-    engine: Engine, adapter: LoraAdapter, batch: Sequence[TokenizedExample], cfg: TrainConfig
+    engine: Engine, adapter: LoraAdapter, batch: Sequence[TokenizedExample], cfg: TrainConfig,
+    workers: Workers | None = None,
 ) -> PairLoss:
-    """Losses at B +/- eps z_i for each scaled direction eps z_i, evaluated on `batch`."""
-
+    """Losses at B +/- eps z_i for each scaled direction eps z_i, evaluated on `batch`; with
+    several `workers`, each evaluates its share of the 2q perturbations and they combine."""
     requests = [r for ex in batch for r in ex.requests]
+    workers = workers or Workers()
 
     def pair_loss(scaled: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         # One adapter per sign: B +/- eps z, all 2q handed to the engine at once. (Stacking B
         # and eps z as two adapters at scales 1 and +/-1 would save llama.cpp files, but it
         # mis-applies two adapters on one weight: see bench/NOTES.md.)
+        signed = [(dz, sign) for dz in scaled for sign in (1, -1)]
+        mine = workers.mine(len(signed))
         perturbed = [adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
-                     for dz in scaled for sign in (1, -1)]
-        means = np.array([losses_of(batch, results, cfg.loss)[0].mean()
-                          for results in engine.score_each(requests, perturbed)])
+                     for dz, sign in (signed[k] for k in mine)]
+        means = np.zeros(len(signed))
+        for k, results in zip(mine, engine.score_each(requests, perturbed), strict=True):
+            means[k] = losses_of(batch, results, cfg.loss)[0].mean()
+        means = workers.combine(means)
         return means[0::2], means[1::2]
 
     return pair_loss
@@ -147,12 +164,16 @@ def train(
     run: RunDir,
     on_eval: Callable[[int, dict], None] = lambda step, m: None,
     start_step: int = 0,
+    workers: Workers | None = None,
 ) -> LoraAdapter:
     """Run P-RGE steps `start_step`..`cfg.steps` from `adapter`; returns the trained adapter.
 
     Checkpoints every `cfg.checkpoint_every` steps and on Ctrl-C; a run resumed
-    from a checkpoint ends bit-identical to an uninterrupted one.
+    from a checkpoint ends bit-identical to an uninterrupted one. With several
+    `workers` (ranks), all run this loop in step and end with the same adapter,
+    checked by hash after every step.
     """
+    workers = workers or Workers()
     eval_subset = eval_set[: cfg.eval_size] if cfg.eval_size else eval_set
     meta = {"prge.task_loss": cfg.loss}
     start = time.perf_counter()
@@ -165,7 +186,7 @@ def train(
     def run_eval(step: int) -> bool:
         """Evaluate, keep best.gguf; True when early stopping says stop."""
         nonlocal best, stale
-        m = evaluate(engine, eval_subset, adapter, cfg.loss)
+        m = evaluate(engine, eval_subset, adapter, cfg.loss, workers)
         run.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
                      "eval_n": m["n"], "wall": time.perf_counter() - start})
         on_eval(step, m)
@@ -177,13 +198,14 @@ def train(
             stale += 1
         return bool(cfg.early_stop) and stale >= cfg.early_stop
 
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not workers.is_main)
     if cfg.eval_every and eval_subset and start_step == 0:
         run_eval(0)
     step = start_step
     try:
         while step < cfg.steps:
-            adapter, loss, tok_s = _step(engine, adapter, train_set, cfg, run, step, start)
+            adapter, loss, tok_s = _step(engine, adapter, train_set, cfg, run, step, start, workers)
             step += 1
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
             bar.update()
@@ -196,8 +218,11 @@ def train(
                     break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 run.save_checkpoint(adapter, step)
-    except KeyboardInterrupt:
-        run.save_checkpoint(adapter, step)
+    except (KeyboardInterrupt, RankLost):
+        run.save_checkpoint(adapter, step)  # the adapter of a whole step: no collective needed
+        if run.writable:
+            bar.write(f"stopped at step {step}: checkpoint saved; continue with "
+                      f"'prge-gguf train --resume {run.path}'")
         raise
     finally:
         bar.close()
@@ -212,9 +237,11 @@ def _eval_score(accuracy: float | None, loss: float) -> float:
 
 
 def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExample],
-          cfg: TrainConfig, run: RunDir, step: int, start: float) -> tuple[LoraAdapter, float, float]:
+          cfg: TrainConfig, run: RunDir, step: int, start: float,
+          workers: Workers) -> tuple[LoraAdapter, float, float]:
     """One step (0-based `step`), logged; returns (updated adapter, loss, tokens/s)."""
     t0 = time.perf_counter()
+    sent, comm_s = workers.bytes_sent, workers.comm_s
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
     if cfg.optimizer == "fo":
@@ -225,18 +252,24 @@ def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExa
         passes = 1
     else:
         new_b, lp, lm = prge_step(
-            adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed, step=step,
+            adapter.b, pair_loss_fn(engine, adapter, batch, cfg, workers), seed=cfg.seed, step=step,
             q=cfg.q, eps=cfg.eps, lr=lr, weight_decay=cfg.weight_decay,
         )
         loss, passes = float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
     if not np.isfinite(loss):
         raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
                         "(the run folder keeps its last good checkpoint)")
+    new = adapter.with_b(new_b)
+    sha = workers.check_same(new.b, step + 1)  # logged, so runs on any number of ranks compare
     dt = time.perf_counter() - t0
     tokens = passes * sum(ex.n_tokens for ex in batch)
-    run.metrics({"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens,
-                 "tok_s": tokens / dt, "step_s": dt, "wall": time.perf_counter() - start})
-    return adapter.with_b(new_b), loss, tokens / dt
+    row = {"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens, "tok_s": tokens / dt,
+           "step_s": dt, "wall": time.perf_counter() - start, "adapter_sha256": sha}
+    if workers.size > 1:
+        row |= {"ranks": workers.size, "comm_bytes": workers.bytes_sent - sent,
+                "comm_s": workers.comm_s - comm_s}
+    run.metrics(row)
+    return new, loss, tokens / dt
 
 
 def config_record(cfg: TrainConfig, **extra: object) -> dict:
