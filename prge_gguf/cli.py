@@ -13,13 +13,16 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
+from prge_gguf.train import DEFAULT_LR, OPTIMIZERS
 
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
-              "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every", "early_stop")
+              "train_a", "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every",
+              "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="base model GGUF (default: the shipped SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--model", help="base model: a GGUF file, or smollm2-135m (default: SmolLM2-135M-Instruct "
+                                   "Q4_1, shipped) or gemma3-270m (Gemma 3 270M Q4_K_M, the gemma extra)")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
     p.add_argument("--n-gpu-layers", type=int, help="layers offloaded to GPU (-1 = all; default 0)")
     p.add_argument("--engine", choices=("llama", "torch"),
@@ -59,13 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="examples per step")
     tr.add_argument("--q", type=int, help="random directions (queries) per step")
     tr.add_argument("--eps", type=float, help="perturbation scale")
-    tr.add_argument("--lr", type=float, help="learning rate")
+    tr.add_argument("--lr", type=float, help="learning rate (default by --optimizer: "
+                    + ", ".join(f"{opt} {lr:g}" for opt, lr in DEFAULT_LR.items()) + ")")
     tr.add_argument("--lr-schedule", choices=("constant", "linear"), help="learning-rate schedule")
-    tr.add_argument("--weight-decay", type=float)
+    tr.add_argument("--weight-decay", type=float,
+                    help="zo, sgd: L2 (wd * the tensor added to its gradient); adam: decoupled (AdamW)")
     tr.add_argument("--loss", choices=("label", "vocab"),
                     help="label: CE over label words (default); vocab: full-vocabulary token CE")
-    tr.add_argument("--optimizer", choices=("zo", "fo"),
-                    help="zo: P-RGE (default); fo: first-order SGD by backprop, a baseline (--engine torch)")
+    tr.add_argument("--optimizer", choices=OPTIMIZERS,
+                    help="zo: P-RGE (default); sgd, adam: first-order by backprop, a baseline "
+                         "(--engine torch)")
+    tr.add_argument("--train-a", action="store_true", default=None,
+                    help="sgd/adam: train A too (full LoRA); by default only B (LoRA-FA, as P-RGE)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
@@ -114,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_path(arg: str | None) -> Path:
-    from prge_gguf.models import default_model_path
+    from prge_gguf.models import model_path
 
-    return Path(arg) if arg else default_model_path()
+    return model_path(arg)
 
 
 def _open_engine(args: argparse.Namespace):
@@ -238,14 +246,15 @@ def _train_as(workers, args: argparse.Namespace) -> int:
 
     say = print if workers.is_main else lambda *a, **k: None
     if args.resume:
-        run, saved, start_step, adapter = RunDir.open_resume(Path(args.resume), writable=workers.is_main)
+        run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
+            Path(args.resume), writable=workers.is_main)
         cfg = TrainConfig(**saved["train"])
         vars(args).update(saved["source"])
     else:
         if not args.out:
             raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
-        cfg, run, start_step, adapter = TrainConfig(**overrides), None, 0, None
+        cfg, run, start_step, adapter, optimizer_state = TrainConfig(**overrides), None, 0, None, {}
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
     if workers.size > 1 and cfg.optimizer != "zo":
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer zo")
@@ -255,8 +264,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
-        if cfg.optimizer == "fo" and not hasattr(engine, "loss_gradient"):
-            raise PrgeError("--optimizer fo needs backpropagation: use --engine torch")
+        if cfg.optimizer != "zo" and not hasattr(engine, "loss_gradient"):
+            raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
         else:
@@ -278,7 +287,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
                 tqdm.write(f"step {step}: eval {_describe(m)}")
 
         try:
-            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step, workers)
+            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step, workers,
+                            optimizer_state)
             train_s = time.perf_counter() - t0
             if eval_tok:
                 final = evaluate(engine, eval_tok, adapter, cfg.loss, workers)

@@ -13,7 +13,7 @@ import itertools
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,21 @@ class LoraAdapter:
     def with_b(self, b: dict[str, np.ndarray]) -> LoraAdapter:
         """The same adapter (A shared, not copied) with new B tensors."""
         return LoraAdapter(self.architecture, self.alpha, self.a, b, self.fingerprint)
+
+    def trainable(self, train_a: bool) -> dict[str, np.ndarray]:
+        """The tensors a first-order step updates, by GGUF tensor name: every `<weight>.lora_b`
+        and, with `train_a` (full LoRA rather than LoRA-FA), every `<weight>.lora_a`."""
+        tensors = {f"{n}.lora_b": self.b[n] for n in self.names}
+        if train_a:
+            tensors |= {f"{n}.lora_a": self.a[n] for n in self.names}
+        return tensors
+
+    def with_tensors(self, tensors: Mapping[str, np.ndarray]) -> LoraAdapter:
+        """The same adapter with the tensors that `tensors` names (as `trainable` does) replaced;
+        the others shared, not copied."""
+        a = {n: tensors.get(f"{n}.lora_a", self.a[n]) for n in self.names}
+        b = {n: tensors.get(f"{n}.lora_b", self.b[n]) for n in self.names}
+        return LoraAdapter(self.architecture, self.alpha, a, b, self.fingerprint)
 
 
 def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int, int]]:

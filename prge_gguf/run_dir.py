@@ -2,9 +2,10 @@
 
 Every file that training rewrites is replaced atomically (temp file + rename),
 so a run killed at any instant leaves either the old or the new version. The
-checkpoint is `checkpoint-<step>.gguf` (the adapter: A and B) committed by
-`checkpoint.json` naming it; batch order and every z derive from (seed, step),
-so the step number is all the rest of the state.
+checkpoint is `checkpoint-<step>.gguf` (the adapter: A and B) and, for Adam,
+`optimizer-<step>.npz` (its moments), committed by `checkpoint.json` naming
+them; batch order and every z derive from (seed, step), so the step number is
+all the rest of the state.
 """
 
 from __future__ import annotations
@@ -12,24 +13,35 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically (a crash leaves the old file or the new one)."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace `path` with what `write` writes to the binary file it gets, atomically (a crash
+    leaves the old file or the new one)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) atomically."""
+    write_atomic(path, lambda fh: fh.write(text.encode()))
 
 
 class RunDir:
@@ -39,6 +51,7 @@ class RunDir:
         """A run folder; `writable=False` (ranks other than 0 of a distributed job) writes nothing."""
         self.path, self.writable = path, writable
         self._evals = evals or []
+        self._committed: set[str] = set()  # the files checkpoint.json names now
         self._metrics = None
         self._tensorboard = _tensorboard_writer(path / "tensorboard") if writable else None
 
@@ -60,8 +73,10 @@ class RunDir:
         return run
 
     @classmethod
-    def open_resume(cls, path: Path, writable: bool = True) -> tuple[RunDir, dict, int, LoraAdapter]:
-        """(run, saved config, step, adapter) of the last checkpoint in `path`.
+    def open_resume(cls, path: Path, writable: bool = True
+                    ) -> tuple[RunDir, dict, int, LoraAdapter, dict[str, np.ndarray]]:
+        """(run, saved config, step, adapter, optimizer state: empty but for Adam) of the last
+        checkpoint in `path`.
 
         Metrics logged after that checkpoint are dropped: the resumed run logs them again.
         """
@@ -73,14 +88,16 @@ class RunDir:
         config = json.loads(config_file.read_text())
         state = json.loads(state_file.read_text())
         step, adapter = int(state["step"]), read_gguf(path / state["adapter"])
+        optimizer = _read_arrays(path / state["optimizer"]) if "optimizer" in state else {}
         metrics = path / "metrics.jsonl"
         kept = [line for line in (metrics.read_text().splitlines() if metrics.exists() else [])
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         run = cls(path, writable, [row for line in kept if "eval_loss" in (row := json.loads(line))])
+        run._committed = {name for key, name in state.items() if key != "step"}
         if writable:
             write_text_atomic(metrics, "".join(line + "\n" for line in kept))
             run._metrics = metrics.open("a")
-        return run, config, step, adapter
+        return run, config, step, adapter, optimizer
 
     def metrics(self, row: dict) -> None:
         """Append one row to metrics.jsonl (flushed, so a killed run keeps what it logged);
@@ -113,21 +130,29 @@ class RunDir:
                             "the previous version is intact") from None
         return path
 
-    def save_checkpoint(self, adapter: LoraAdapter, step: int) -> None:
-        """Write checkpoint-<step>.gguf, commit it in checkpoint.json, then drop older ones."""
+    def save_checkpoint(self, adapter: LoraAdapter, step: int,
+                        optimizer: Mapping[str, np.ndarray] | None = None) -> None:
+        """Write checkpoint-<step>.gguf and, given an optimizer state (Adam's moments),
+        optimizer-<step>.npz; commit them in checkpoint.json, then drop older ones."""
         if not self.writable:
             return
-        name = f"checkpoint-{step:06d}.gguf"
+        files = {"adapter": f"checkpoint-{step:06d}.gguf"}
+        if optimizer:
+            files["optimizer"] = f"optimizer-{step:06d}.npz"
         try:
-            write_gguf(adapter, self.path / name, {"prge.step": str(step)})
-            state = json.dumps({"step": step, "adapter": name}) + "\n"
-            write_text_atomic(self.path / "checkpoint.json", state)
+            write_gguf(adapter, self.path / files["adapter"], {"prge.step": str(step)})
+            if optimizer:
+                write_atomic(self.path / files["optimizer"], lambda fh: np.savez(fh, **optimizer))
+            write_text_atomic(self.path / "checkpoint.json", json.dumps({"step": step, **files}) + "\n")
         except OSError as exc:
-            (self.path / name).unlink(missing_ok=True)
-            raise PrgeError(f"{self.path / name}: cannot write the checkpoint ({exc.strerror or exc}); "
-                            "the previous checkpoint is intact") from None
-        for old in self.path.glob("checkpoint-*.gguf"):
-            if old.name != name:
+            # New files the commit did not reach go; the committed checkpoint's (same step) stay.
+            for name in set(files.values()) - self._committed:
+                (self.path / name).unlink(missing_ok=True)
+            raise PrgeError(f"{self.path / files['adapter']}: cannot write the checkpoint "
+                            f"({exc.strerror or exc}); the previous checkpoint is intact") from None
+        self._committed = set(files.values())
+        for old in [*self.path.glob("checkpoint-*.gguf"), *self.path.glob("optimizer-*.npz")]:
+            if old.name not in self._committed:
                 old.unlink()
 
     def close(self) -> None:
@@ -136,6 +161,16 @@ class RunDir:
             self._metrics.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz that save_checkpoint wrote (an optimizer state)."""
+    try:
+        with np.load(path) as saved:
+            return {key: saved[key] for key in saved.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise PrgeError(f"{path}: cannot read the checkpoint's optimizer state "
+                        f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _tensorboard_writer(logdir: Path):

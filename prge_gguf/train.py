@@ -14,11 +14,18 @@ from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, LoraAdapter
+from prge_gguf.optim import OptimizerState, adam_step
 from prge_gguf.prge import PairLoss, descend, prge_step
 from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
+# zo: P-RGE. sgd, adam: the first-order baseline, by backprop (torch engine).
+OPTIMIZERS = ("zo", "sgd", "adam")
+# The learning rate when none is given. A P-RGE step follows one random direction scaled by a
+# noisy estimate, SGD the exact gradient; Adam's steps are ~lr per coordinate whatever the
+# gradient's scale, so it wants its own (LoRA fine-tuning's usual 1e-4..1e-3).
+DEFAULT_LR = {"zo": 5e-3, "sgd": 5e-3, "adam": 1e-3}
 EVAL_CHUNK = 64  # examples scored together in evaluation; the unit ranks share
 
 
@@ -30,11 +37,12 @@ class TrainConfig:
     batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1
     q: int = 1  # queries (random directions) per step
     eps: float = 1e-2  # perturbation size
-    lr: float = 5e-3  # ZO learning rate; label-word loss tolerates far more than token CE
+    lr: float | None = None  # None: DEFAULT_LR of the optimizer
     lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
-    optimizer: str = "zo"  # "zo": P-RGE; "fo": first-order SGD by backprop (torch engine; a baseline)
+    optimizer: str = "zo"  # "zo": P-RGE; "sgd", "adam": first-order by backprop (torch engine; a baseline)
+    train_a: bool = False  # first-order only: train A too (full LoRA), not only B (LoRA-FA)
     seed: int = 0  # seeds A's init, batch order and every z
     rank: int = 8
     alpha: float = 16.0
@@ -45,9 +53,12 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many evaluations without a better held-out score (0 = never)
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.optimizer, 0.0)  # an unknown optimizer is refused below
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = type(f.default if f.default is not MISSING else f.default_factory())
+            default = f.default if f.default is not MISSING else f.default_factory()
+            expected = float if default is None else type(default)  # None: lr, resolved above
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
             elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -60,7 +71,9 @@ class TrainConfig:
             (self.lr >= 0, "--lr must be >= 0"),
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
-            (self.optimizer in ("zo", "fo"), "--optimizer must be zo or fo"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (not (self.train_a and self.optimizer == "zo"),
+             "--train-a trains A by backprop: use --optimizer sgd or adam (P-RGE trains B only)"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.early_stop >= 0, "--early-stop must be >= 0"),
@@ -165,8 +178,10 @@ def train(
     on_eval: Callable[[int, dict], None] = lambda step, m: None,
     start_step: int = 0,
     workers: Workers | None = None,
+    optimizer_state: OptimizerState | None = None,
 ) -> LoraAdapter:
-    """Run P-RGE steps `start_step`..`cfg.steps` from `adapter`; returns the trained adapter.
+    """Run steps `start_step`..`cfg.steps` from `adapter` (and, for Adam, `optimizer_state`: its
+    moments); returns the trained adapter.
 
     Checkpoints every `cfg.checkpoint_every` steps and on Ctrl-C; a run resumed
     from a checkpoint ends bit-identical to an uninterrupted one. With several
@@ -174,6 +189,7 @@ def train(
     checked by hash after every step.
     """
     workers = workers or Workers()
+    state = dict(optimizer_state or {})
     eval_subset = eval_set[: cfg.eval_size] if cfg.eval_size else eval_set
     meta = {"prge.task_loss": cfg.loss}
     start = time.perf_counter()
@@ -205,7 +221,8 @@ def train(
     step = start_step
     try:
         while step < cfg.steps:
-            adapter, loss, tok_s = _step(engine, adapter, train_set, cfg, run, step, start, workers)
+            adapter, state, loss, tok_s = _step(engine, adapter, state, train_set, cfg, run, step, start,
+                                                workers)
             step += 1
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
             bar.update()
@@ -217,16 +234,16 @@ def train(
                               f"{cfg.early_stop} evaluations")
                     break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                run.save_checkpoint(adapter, step)
+                run.save_checkpoint(adapter, step, state)
     except (KeyboardInterrupt, RankLost):
-        run.save_checkpoint(adapter, step)  # the adapter of a whole step: no collective needed
+        run.save_checkpoint(adapter, step, state)  # the state of a whole step: no collective needed
         if run.writable:
             bar.write(f"stopped at step {step}: checkpoint saved; continue with "
                       f"'prge-gguf train --resume {run.path}'")
         raise
     finally:
         bar.close()
-    run.save_checkpoint(adapter, step)
+    run.save_checkpoint(adapter, step, state)
     run.save_adapter(adapter, meta)
     return adapter
 
@@ -236,31 +253,28 @@ def _eval_score(accuracy: float | None, loss: float) -> float:
     return accuracy if accuracy is not None else -loss
 
 
-def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExample],
-          cfg: TrainConfig, run: RunDir, step: int, start: float,
-          workers: Workers) -> tuple[LoraAdapter, float, float]:
-    """One step (0-based `step`), logged; returns (updated adapter, loss, tokens/s)."""
+def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
+          train_set: Sequence[TokenizedExample], cfg: TrainConfig, run: RunDir, step: int, start: float,
+          workers: Workers) -> tuple[LoraAdapter, OptimizerState, float, float]:
+    """One step (0-based `step`), logged; returns (updated adapter, optimizer state, loss, tokens/s)."""
     t0 = time.perf_counter()
     sent, comm_s = workers.bytes_sent, workers.comm_s
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
-    if cfg.optimizer == "fo":
-        # First-order baseline: the exact gradient by backprop (torch engine), plain SGD.
-        loss, grads = engine.loss_gradient(batch, adapter, cfg.loss)
-        new_b = descend(adapter.b, {n: g.astype(np.float32) for n, g in grads.items()}, lr,
-                        cfg.weight_decay)
-        passes = 1
-    else:
+    if cfg.optimizer == "zo":
         new_b, lp, lm = prge_step(
             adapter.b, pair_loss_fn(engine, adapter, batch, cfg, workers), seed=cfg.seed, step=step,
             q=cfg.q, eps=cfg.eps, lr=lr, weight_decay=cfg.weight_decay,
         )
-        loss, passes = float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
+        new, loss, passes = adapter.with_b(new_b), float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
+    else:
+        new, state, loss = _first_order(engine, adapter, state, batch, cfg, lr, step)
+        passes = 1
     if not np.isfinite(loss):
         raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
                         "(the run folder keeps its last good checkpoint)")
-    new = adapter.with_b(new_b)
-    sha = workers.check_same(new.b, step + 1)  # logged, so runs on any number of ranks compare
+    # Logged, so runs on any number of ranks compare; B alone unless A is trained too.
+    sha = workers.check_same(new.trainable(True) if cfg.train_a else new.b, step + 1)
     dt = time.perf_counter() - t0
     tokens = passes * sum(ex.n_tokens for ex in batch)
     row = {"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens, "tok_s": tokens / dt,
@@ -269,7 +283,21 @@ def _step(engine: Engine, adapter: LoraAdapter, train_set: Sequence[TokenizedExa
         row |= {"ranks": workers.size, "comm_bytes": workers.bytes_sent - sent,
                 "comm_s": workers.comm_s - comm_s}
     run.metrics(row)
-    return new, loss, tokens / dt
+    return new, state, loss, tokens / dt
+
+
+def _first_order(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
+                 batch: Sequence[TokenizedExample], cfg: TrainConfig, lr: float,
+                 step: int) -> tuple[LoraAdapter, OptimizerState, float]:
+    """The baseline's step: the exact gradient by backprop (torch engine), then SGD or Adam
+    (whose moments are `state`). Returns (updated adapter, optimizer state, loss)."""
+    loss, grads = engine.loss_gradient(batch, adapter, cfg.loss, train_a=cfg.train_a)
+    params = adapter.trainable(cfg.train_a)
+    if cfg.optimizer == "adam":
+        new, state = adam_step(params, grads, state, t=step + 1, lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        new = descend(params, grads, lr, cfg.weight_decay)
+    return adapter.with_tensors(new), state, loss
 
 
 def config_record(cfg: TrainConfig, **extra: object) -> dict:

@@ -49,6 +49,12 @@ def test_batched_scoring_equals_one_sequence_at_a_time(engine):
 
 
 def test_exported_adapter_gives_same_logits_in_llama_cpp_python(engine, model_path, tmp_path):
+    check_llama_cpp_python_reload(engine, model_path, tmp_path)
+
+
+def check_llama_cpp_python_reload(engine, model_path, tmp_path):
+    """An adapter written by us, loaded by llama-cpp-python's Llama(lora_path=...), gives the
+    engine's log-probs."""
     from llama_cpp import Llama
 
     adapter = _random_b(init_lora_fa(engine.header, ["attn_q", "attn_k", "attn_v", "ffn_gate"],

@@ -166,10 +166,10 @@ def test_truncated_adapter_file(capsys, tmp_path, model_path):
 
 
 def test_first_order_needs_the_torch_engine(capsys, tmp_path):
-    code, err = _run(capsys, "train", "--task", "sst2", "--optimizer", "fo", "--steps", "1",
+    code, err = _run(capsys, "train", "--task", "sst2", "--optimizer", "sgd", "--steps", "1",
                      "--eval-every", "0", "--out", str(tmp_path / "run"))
     assert code == 2
-    assert err.splitlines()[-1] == "error: --optimizer fo needs backpropagation: use --engine torch"
+    assert err.splitlines()[-1] == "error: --optimizer sgd needs backpropagation: use --engine torch"
     assert not (tmp_path / "run").exists()
 
 

@@ -1,10 +1,17 @@
-"""The torch reference engine: parity with llama.cpp, and one forward for all 2q perturbations."""
+"""The torch reference engine: parity with llama.cpp, one forward for all 2q perturbations, and
+the first-order baseline (exact gradients of B and A, Adam training, exact resume)."""
+
+import contextlib
+import json
 
 import numpy as np
 import pytest
 
-from prge_gguf.lora import TARGETS, init_lora_fa
+from prge_gguf import cli
+from prge_gguf.lora import TARGETS, init_lora_fa, read_gguf
+from prge_gguf.run_dir import RunDir
 from prge_gguf.tasks import builtin_task, tokenize
+from prge_gguf.train import TrainConfig, losses_of, train
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
@@ -65,10 +72,7 @@ def test_one_forward_for_all_perturbations_equals_separate_forwards(engine, torc
 
 
 def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):
-    import json
-
-    from prge_gguf.cli import main
-
+    main = cli.main
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "a triumph", "label": 1}\n{"text": "a mess", "label": 0}\n')
     out = tmp_path / "run"
@@ -76,7 +80,7 @@ def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):
                  "--batch-size", "2", "--q", "2", "--targets", "attn_v", "--eval-every", "0",
                  "--threads", "2", "--out", str(out)]) == 0
     fo = tmp_path / "fo"
-    assert main(["train", "--engine", "torch", "--optimizer", "fo", "--lr", "1e-3", "--task", "sst2",
+    assert main(["train", "--engine", "torch", "--optimizer", "sgd", "--lr", "1e-3", "--task", "sst2",
                  "--valid", str(valid), "--steps", "2", "--batch-size", "2", "--targets", "attn_v",
                  "--eval-every", "0", "--threads", "2", "--out", str(fo)]) == 0
     fo_steps = [json.loads(line) for line in (fo / "metrics.jsonl").read_text().splitlines()][:2]
@@ -91,14 +95,17 @@ def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 2
 
 
-def test_exact_gradient_matches_the_central_differences_prge_uses(engine, torch_engine):
-    from prge_gguf.train import losses_of
-
+def _train_rows(engine, n):
     task = builtin_task("sst2")
-    batch = [tokenize(engine, e) for e in task.examples(task.train_file)[:6]]
+    return [tokenize(engine, e) for e in task.examples(task.train_file)[:n]]
+
+
+def test_exact_gradient_matches_the_central_differences_prge_uses(engine, torch_engine):
+    batch = _train_rows(engine, 6)
     requests = [r for ex in batch for r in ex.requests]
     adapter = _adapter(engine.header, seed=4, scale=0.02)
     loss, grads = torch_engine.loss_gradient(batch, adapter, "label")
+    assert sorted(grads) == sorted(adapter.trainable(False))  # B only: LoRA-FA
     rng = np.random.default_rng(5)
     eps = 1e-3
     for _ in range(3):
@@ -106,7 +113,86 @@ def test_exact_gradient_matches_the_central_differences_prge_uses(engine, torch_
         pair = [adapter.with_b({n: adapter.b[n] + s * eps * z[n] for n in adapter.names}) for s in (1, -1)]
         plus, minus = (losses_of(batch, results, "label")[0].mean()
                        for results in torch_engine.score_each(requests, pair))
-        directional = sum(float((grads[n] * z[n]).sum()) for n in adapter.names)
+        directional = sum(float((grads[f"{n}.lora_b"] * z[n]).sum()) for n in adapter.names)
         assert (plus - minus) / (2 * eps) == pytest.approx(directional, rel=0.02, abs=1e-3)
     base = losses_of(batch, torch_engine.score(requests, [(adapter, 1.0)]), "label")[0].mean()
     assert loss == pytest.approx(base, rel=1e-6)
+
+
+def test_a_gradient_matches_central_differences(engine, torch_engine):
+    batch = _train_rows(engine, 6)
+    requests = [r for ex in batch for r in ex.requests]
+    adapter = _adapter(engine.header, seed=6, scale=0.05)  # B != 0, else A has no gradient
+    _, grads = torch_engine.loss_gradient(batch, adapter, "label", train_a=True)
+    assert sorted(grads) == sorted(adapter.trainable(True))
+    rng = np.random.default_rng(7)
+    eps = 1e-3
+    for _ in range(2):
+        z = {n: rng.standard_normal(a.shape).astype(np.float32) for n, a in adapter.a.items()}
+        pair = [adapter.with_tensors({f"{n}.lora_a": adapter.a[n] + s * eps * z[n] for n in adapter.names})
+                for s in (1, -1)]
+        plus, minus = (losses_of(batch, torch_engine.score(requests, [(a, 1.0)]), "label")[0].mean()
+                       for a in pair)
+        directional = sum(float((grads[f"{n}.lora_a"] * z[n]).sum()) for n in adapter.names)
+        assert abs(directional) > 0.05  # large against fp32 noise, so 2% means something
+        assert (plus - minus) / (2 * eps) == pytest.approx(directional, rel=0.02)
+
+
+def test_adam_with_full_lora_lowers_the_training_loss(engine, torch_engine, tmp_path):
+    # Every step sees the same 8 examples, so each logged loss (the loss before that step's
+    # update) is the training objective.
+    cfg = TrainConfig(steps=5, batch_size=8, optimizer="adam", train_a=True, targets=["attn_v"],
+                      eval_every=0)
+    adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+    run = RunDir.open_new(tmp_path, {})
+    trained = train(torch_engine, adapter, _train_rows(engine, 8), [], cfg, run)
+    run.close()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.1 and losses == sorted(losses, reverse=True), losses
+    name = adapter.names[0]
+    assert not np.array_equal(trained.a[name], adapter.a[name])  # A trained too
+    np.testing.assert_array_equal(read_gguf(tmp_path / "adapter.gguf").a[name], trained.a[name])
+
+
+@pytest.fixture
+def cli_on_torch_engine(torch_engine, monkeypatch):
+    """`prge-gguf ...` in this process on the loaded torch engine, whatever --engine says."""
+    monkeypatch.setattr(cli, "_open_engine", lambda args: contextlib.nullcontext(torch_engine))
+    return torch_engine
+
+
+class _Killed(Exception):
+    """Stands for SIGKILL: nothing in the training loop catches it, so no checkpoint is written."""
+
+
+def test_adam_run_killed_then_resumed_is_bit_identical(cli_on_torch_engine, tmp_path, monkeypatch):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "a joy to watch", "label": 1}\n')
+    cmd = ["train", "--engine", "torch", "--optimizer", "adam", "--train-a", "--task", "sst2",
+           "--valid", str(valid), "--steps", "6", "--batch-size", "2", "--targets", "attn_v",
+           "--checkpoint-every", "2", "--eval-every", "0", "--out"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli.main([*cmd, str(whole)]) == 0
+
+    real, calls = cli_on_torch_engine.loss_gradient, []
+
+    def dies_in_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_on_torch_engine, "loss_gradient", dies_in_step_4)
+    with pytest.raises(_Killed):
+        cli.main([*cmd, str(killed)])
+    monkeypatch.setattr(cli_on_torch_engine, "loss_gradient", real)
+    state = json.loads((killed / "checkpoint.json").read_text())
+    assert state == {"step": 2, "adapter": "checkpoint-000002.gguf", "optimizer": "optimizer-000002.npz"}
+
+    assert cli.main(["train", "--resume", str(killed)]) == 0
+    assert (killed / "adapter.gguf").read_bytes() == (whole / "adapter.gguf").read_bytes()
+    with np.load(whole / "optimizer-000006.npz") as a, np.load(killed / "optimizer-000006.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and len(a.files) == 4 * 30  # m, v of A, B; 30 layers
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert sorted(p.name for p in killed.glob("*-0*")) == ["checkpoint-000006.gguf", "optimizer-000006.npz"]

@@ -11,7 +11,8 @@ import ctypes
 import os
 import sys
 import tempfile
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,9 @@ class LlamaEngine:
         self._batch: ll.llama_batch | None = None
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
+        # Seconds spent in llama_decode, in adapter swaps (write, load, set) and in turning
+        # logits into log-probs: what scripts/bench_speed.py splits a step into.
+        self.timings: Counter[str] = Counter()
         self._tmp = tempfile.TemporaryDirectory(prefix="prge-adapters-", dir=_scratch_dir())
 
         mparams = ll.llama_model_default_params()
@@ -153,6 +157,7 @@ class LlamaEngine:
         wanted = tuple((a.uid, float(s)) for a, s in adapters)
         if wanted == self._active:
             return
+        t0 = time.perf_counter()
         handles = [self._load_adapter(a) for a, _ in adapters]
         arr = (ll.llama_adapter_lora_p_ctypes * max(1, len(handles)))(*handles)
         scales = (ctypes.c_float * max(1, len(handles)))(*(s for _, s in wanted))
@@ -161,6 +166,7 @@ class LlamaEngine:
             raise PrgeError(f"llama_set_adapters_lora failed (code {rc})")
         self._active = wanted
         self._evict({uid for uid, _ in wanted})
+        self.timings["adapter"] += time.perf_counter() - t0
 
     def _evict(self, keep: set[int]) -> None:
         while len(self._adapters) > self._cache_size:
@@ -220,7 +226,9 @@ class LlamaEngine:
         batch.n_tokens = len(entries)
         if clear:
             ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        t0 = time.perf_counter()
         rc = ll.llama_decode(self._ctx, batch)
+        self.timings["decode"] += time.perf_counter() - t0
         if rc != 0:
             raise PrgeError(f"llama_decode failed: {_DECODE_ERRORS.get(rc, f'fatal error {rc}')}")
 
@@ -238,6 +246,7 @@ class LlamaEngine:
         self._run([(seq, pos, tok, pos in wanted)
                    for seq, req in enumerate(group) for wanted in [set(req.positions)]
                    for pos, tok in enumerate(req.tokens)], clear=True)
+        t0 = time.perf_counter()
         n_out = sum(len(set(r.positions)) for r in group)
         logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
         peak = logits.max(axis=1, keepdims=True)
@@ -249,6 +258,7 @@ class LlamaEngine:
             row += len(rows)
             pairs = zip(req.positions, req.candidates, strict=True)
             out.append([logits[rows[p], list(c)] - lse[rows[p]] for p, c in pairs])
+        self.timings["logits"] += time.perf_counter() - t0
         return out
 
     # -- lifetime -----------------------------------------------------------------------------

@@ -140,13 +140,17 @@ class TorchEngine:
             return [[[lp.cpu().numpy() for lp in req] for req in slot]
                     for slot in self._candidate_logprobs(requests, k)]
 
-    def loss_gradient(self, batch: Sequence[TokenizedExample], adapter: LoraAdapter,
-                      loss: str) -> tuple[float, dict[str, np.ndarray]]:
-        """Mean loss over `batch` and its exact gradient with respect to every B (GGUF row
-        order), by backpropagation: the first-order baseline."""
+    def loss_gradient(self, batch: Sequence[TokenizedExample], adapter: LoraAdapter, loss: str,
+                      train_a: bool = False) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean loss over `batch` and its exact gradient by backpropagation (the first-order
+        baseline), keyed as `adapter.trainable(train_a)`: every B (GGUF row order) and, with
+        `train_a`, every A."""
         self._install([adapter])
         try:
-            leaves = {name: self._hooks[name].b.requires_grad_(True) for name in adapter.names}
+            hooks = {name: self._hooks[name] for name in adapter.names}
+            for hook in hooks.values():
+                hook.b.requires_grad_(True)
+                hook.a.requires_grad_(train_a)
             requests = [r for ex in batch for r in ex.requests]
             with torch.enable_grad():
                 results = self._candidate_logprobs(requests, 1)[0]
@@ -156,8 +160,11 @@ class TorchEngine:
                     i += len(ex.requests)
                 mean = total / len(batch)
                 mean.backward()
-            grads = {n: self._b_rows(n, b.grad[0].cpu().numpy(), back=True) for n, b in leaves.items()}
-            return float(mean), grads
+            grads = {f"{n}.lora_b": self._b_rows(n, h.b.grad[0].cpu().numpy(), back=True)
+                     for n, h in hooks.items()}
+            if train_a:  # A's columns are the input features: no row order to undo
+                grads |= {f"{n}.lora_a": h.a.grad.cpu().numpy() for n, h in hooks.items()}
+            return float(mean.detach()), grads
         finally:
             self._install([])
 

@@ -1,0 +1,53 @@
+"""Adam for the first-order baseline, over named float32 tensors. Pure numpy.
+
+AdamW (Loshchilov & Hutter: Adam with decoupled weight decay), step for step
+as `torch.optim.AdamW`, for the t-th update (t = 1, 2, ...) of a tensor p with
+gradient g:
+
+    p <- p (1 - lr wd)
+    m <- b1 m + (1 - b1) g          v <- b2 v + (1 - b2) g^2
+    p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+The state is m and v of every tensor, one flat dict (`m/<name>`, `v/<name>`)
+that checkpoints save as it is; t is the training step, so it is not stored.
+An empty state is Adam's start (m = v = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+BETAS = (0.9, 0.999)  # Kingma & Ba's defaults, as torch, PEFT and TRL use them
+EPS = 1e-8
+
+OptimizerState = dict[str, np.ndarray]
+
+
+def adam_step(
+    params: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    *,
+    t: int,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple[dict[str, np.ndarray], OptimizerState]:
+    """The t-th AdamW update (t >= 1) of `params` with `grads`: (new params, new state)."""
+    b1, b2 = BETAS
+    # Bias corrections in float64, as torch computes them, then applied in float32.
+    step_size = np.float32(lr / (1 - b1**t))
+    root_correction = np.float32(math.sqrt(1 - b2**t))
+    new, moments = {}, {}
+    for name, p in params.items():
+        g = np.asarray(grads[name], np.float32)
+        m = state.get(f"m/{name}", np.zeros_like(p))
+        v = state.get(f"v/{name}", np.zeros_like(p))
+        m = m + np.float32(1 - b1) * (g - m)
+        v = np.float32(b2) * v + np.float32(1 - b2) * g * g
+        decayed = p * np.float32(1 - lr * weight_decay)
+        new[name] = decayed - step_size * m / (np.sqrt(v) / root_correction + np.float32(EPS))
+        moments[f"m/{name}"], moments[f"v/{name}"] = m, v
+    return new, moments

@@ -1,0 +1,202 @@
+"""Accuracy at a fixed wall-clock budget: zero-shot, P-RGE q = 1 and q = 4 (llama engine) and
+first-order LoRA (torch engine), per task and model, over seeds.
+
+Each training row: a short probe run measures the method's seconds per step, the real run gets
+the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget), then
+the whole dev/val set is scored. Training sets: at most 1,000 examples (a seeded sample, as in
+the paper); test sets: the tasks' dev/val splits, never used for tuning. Finished rows are kept
+in OUT_DIR/rows.jsonl, so an interrupted run continues where it stopped.
+
+    python scripts/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
+    python scripts/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench_common import machine, write_outputs
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
+# method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
+METHODS = {
+    "zo-q1": ["--q", "1", "--batch-size", "16"],
+    "zo-q4": ["--q", "4", "--batch-size", "4"],
+    "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
+}
+# Runs the CLI and reports this process's peak RSS (each row is its own process).
+_WRAPPER = ("import resource, sys; from prge_gguf.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+
+
+def data_args(task: str, work: Path, train_max: int = 1000) -> list[str]:
+    """--task/--data/--valid for `task`: SST-2's shipped 1,000/872, SuperGLUE from ../shared/data."""
+    if task == "sst2":
+        return ["--task", "sst2"]
+    folder = SHARED / "superglue" / TASK_FILES[task]
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    sample = random.Random(0).sample(lines, min(train_max, len(lines)))
+    train = work / f"{task}-train.jsonl"
+    train.write_text("\n".join(sample) + "\n")
+    return ["--task", task, "--data", str(train), "--valid", str(folder / "val.jsonl")]
+
+
+def cli(args: list[str], threads: int) -> tuple[str, float]:
+    """Run `prge-gguf ARGS`; (stdout, peak RSS MiB)."""
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *args, "--threads", str(threads)],
+                          check=True, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    rss = next(float(line.split()[1]) / 1024 for line in lines if line.startswith("PEAK_RSS_KIB"))
+    return "\n".join(line for line in lines if not line.startswith("PEAK_RSS_KIB")), rss
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def zero_shot(task: str, model: str, work: Path, threads: int) -> dict:
+    """Accuracy of the base model on the test set."""
+    out, rss = cli(["eval", *data_args(task, work), "--model", model, "--json"], threads)
+    m = json.loads(out.splitlines()[-1])
+    return {"accuracy": m["accuracy"], "wall_s": 0.0, "steps": 0, "forward_tokens": 0, "peak_rss_mib": rss,
+            "curve": [[0.0, m["accuracy"]]]}
+
+
+def train_row(task: str, model: str, method: str, seed: int, budget_s: float, work: Path,
+              threads: int, evals: int) -> dict:
+    """Train `method` for `budget_s` of training wall time, then score the test set."""
+    base = ["train", *data_args(task, work), "--model", model, *METHODS[method], "--seed", str(seed),
+            "--checkpoint-every", "0"]
+    probe = work / f"probe-{task}-{model}-{method}-{seed}"
+    cli([*base, "--steps", "4", "--eval-every", "0", "--valid", str(_one_example(task, work)),
+         "--out", str(probe)], threads)
+    step_s = statistics.median(r["step_s"] for r in _rows(probe) if "loss" in r)
+    steps = max(1, int(budget_s / step_s))
+    run = work / f"run-{task}-{model}-{method}-{seed}"
+    _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
+                  "--eval-size", "100", "--out", str(run)], threads)
+    rows = _rows(run)
+    final = next(r for r in rows if "final_eval_accuracy" in r)
+    train_rows = [r for r in rows if "loss" in r]
+    return {"accuracy": final["final_eval_accuracy"], "wall_s": final["train_s"], "steps": steps,
+            "forward_tokens": sum(r["tokens"] for r in train_rows), "peak_rss_mib": rss,
+            "curve": [[r["wall"], r["eval_accuracy"]] for r in rows if "eval_accuracy" in r]}
+
+
+def _one_example(task: str, work: Path) -> Path:
+    """A one-example held-out file for probe runs (their final evaluation is not needed)."""
+    args = data_args(task, work)
+    source = Path(args[args.index("--valid") + 1]) if "--valid" in args else None
+    path = work / f"{task}-probe-valid"
+    if source is None:
+        from prge_gguf.tasks import builtin_task
+
+        lines = builtin_task(task).dev_file.read_text().splitlines()[:2]
+        path = path.with_suffix(".tsv")
+    else:
+        lines = source.read_text().splitlines()[:1]
+        path = path.with_suffix(".jsonl")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def summarize(rows: list[dict]) -> tuple[list[dict], str]:
+    """Mean and spread over seeds per (task, model, method), and the Markdown table."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["model"], r["method"]), []).append(r)
+    summary = []
+    lines = ["| task | model | method | accuracy (mean ± sd, seeds) | steps | train wall (min) "
+             "| forward tokens | peak RSS (MiB) |", "|" + " --- |" * 8]
+    for (task, model, method), rs in sorted(groups.items()):
+        acc = [r["accuracy"] for r in rs]
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        s = {"task": task, "model": model, "method": method, "seeds": len(rs),
+             "accuracy_mean": statistics.mean(acc), "accuracy_sd": sd,
+             "steps": statistics.mean(r["steps"] for r in rs),
+             "wall_min": statistics.mean(r["wall_s"] for r in rs) / 60,
+             "forward_tokens": statistics.mean(r["forward_tokens"] for r in rs),
+             "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)}
+        summary.append(s)
+        lines.append(f"| {task} | {model} | {method} | {100 * s['accuracy_mean']:.1f} ± {100 * sd:.1f} "
+                     f"({len(rs)}) | {s['steps']:.0f} | {s['wall_min']:.1f} | {s['forward_tokens']:.3g} | "
+                     f"{s['peak_rss_mib']:.0f} |")
+    return summary, "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Held-out accuracy (100 dev examples during training) against training wall time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["task"], r["model"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (task, model) in zip(axes[0], panels, strict=True):
+        for r in rows:
+            if (r["task"], r["model"]) == (task, model) and r["method"] != "zero-shot":
+                xs, ys = zip(*r["curve"], strict=True)
+                ax.plot([x / 60 for x in xs], ys, marker=".", label=f"{r['method']} s{r['seed']}")
+            elif (r["task"], r["model"]) == (task, model):
+                ax.axhline(r["accuracy"], color="grey", linestyle="--", label="zero-shot")
+        ax.set(title=f"{task}, {model}", xlabel="training wall time (min)", ylabel="dev accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
+    p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
+    p.add_argument("--evals", type=int, default=4, help="evaluations (100 dev examples) during training")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with --threads)")
+    p.add_argument("--work", type=Path, default=Path("runs/bench_accuracy"))
+    p.add_argument("--out", default="bench/accuracy")
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    done_file = args.work / "rows.jsonl"
+    done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
+    key = lambda r: (r["task"], r["model"], r["method"], r["seed"])  # noqa: E731
+    have = {key(r) for r in done}
+    todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in args.models]
+    todo += [(t, m, meth, s) for t in args.tasks for m in args.models for meth in args.methods
+             for s in args.seeds]
+    todo = [k for k in todo if k not in have]
+
+    def run(k: tuple) -> dict:
+        task, model, method, seed = k
+        result = zero_shot(task, model, args.work, args.threads) if method == "zero-shot" else \
+            train_row(task, model, method, seed, args.budget_min * 60, args.work, args.threads, args.evals)
+        row = {"task": task, "model": model, "method": method, "seed": seed, **result}
+        with done_file.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"{k}: accuracy {row['accuracy']:.3f}", file=sys.stderr)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done += list(pool.map(run, todo))
+    summary, table = summarize(done)
+    plot(done, Path(args.out).with_suffix(".png"))
+    write_outputs(args.out, {"machine": machine(), "budget_min": args.budget_min, "threads": args.threads,
+                             "jobs": args.jobs, "summary": summary, "rows": done},
+                  table + f"\n\nBudget {args.budget_min:g} min of training per row ({args.jobs} rows "
+                  f"at once, {args.threads} threads each); test sets: SST-2 dev (872), SuperGLUE val; plot: "
+                  f"{Path(args.out).with_suffix('.png').name}.")
+
+
+if __name__ == "__main__":
+    main()

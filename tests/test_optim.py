@@ -1,0 +1,63 @@
+"""Adam for the first-order baseline: the update of torch.optim.AdamW, and the settings it takes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from prge_gguf.cli import main
+from prge_gguf.optim import BETAS, EPS, adam_step
+from prge_gguf.train import DEFAULT_LR, TrainConfig
+
+SHAPES = {"blk.0.attn_v.weight.lora_b": (4, 3), "blk.0.attn_v.weight.lora_a": (3, 5)}
+
+
+def test_adam_steps_match_torch_adamw():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    leaves = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
+    reference = torch.optim.AdamW(list(leaves.values()), lr=1.0, betas=BETAS, eps=EPS, weight_decay=0.1)
+    state = {}
+    for t, lr in enumerate([1e-2, 5e-3, 2e-2, 1e-3, 1e-2], start=1):  # a schedule: lr changes per step
+        # Gradients of mixed sizes, some tiny: eps and the bias corrections both matter.
+        grads = {n: (rng.standard_normal(s) * 10.0 ** rng.integers(-9, 1, s)).astype(np.float32)
+                 for n, s in SHAPES.items()}
+        params, state = adam_step(params, grads, state, t=t, lr=lr, weight_decay=0.1)
+        for group in reference.param_groups:
+            group["lr"] = lr
+        for n, leaf in leaves.items():
+            leaf.grad = torch.from_numpy(grads[n])
+        reference.step()
+        for n, leaf in leaves.items():
+            np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=2e-6, atol=1e-7)
+            assert params[n].dtype == np.float32
+    assert sorted(state) == sorted(f"{k}/{n}" for k in "mv" for n in SHAPES)
+
+
+def test_each_optimizer_has_its_default_lr_and_an_explicit_lr_wins():
+    assert TrainConfig().lr == DEFAULT_LR["zo"] == 5e-3
+    assert TrainConfig(optimizer="adam").lr == DEFAULT_LR["adam"] == 1e-3
+    assert TrainConfig(optimizer="adam", lr=3e-4).lr == 3e-4
+
+
+def test_train_a_with_zo_is_a_one_line_error(tmp_path, capsys):
+    code = main(["train", "--task", "sst2", "--train-a", "--steps", "1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --train-a trains A by backprop: use --optimizer sgd or adam (P-RGE trains B only)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_missing_optimizer_state_is_a_one_line_error(tmp_path, capsys, model_path):
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa, write_gguf
+
+    (tmp_path / "config.json").write_text("{}")
+    adapter = init_lora_fa(read_header(model_path), ["attn_v"], 4, 8, seed=0)
+    write_gguf(adapter, tmp_path / "checkpoint-000002.gguf")
+    (tmp_path / "checkpoint.json").write_text(
+        json.dumps({"step": 2, "adapter": "checkpoint-000002.gguf", "optimizer": "optimizer-000002.npz"}))
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'optimizer-000002.npz'}: cannot read the "
+                                               "checkpoint's optimizer state (No such file or directory)")
