@@ -9,13 +9,21 @@ in OUT_DIR/rows.jsonl, so an interrupted run continues where it stopped.
 
     python scripts/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
     python scripts/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
+
+On a GPU machine: a model given as LABEL=PATH keeps its label in the rows, and each engine's
+extra flags go to every command that runs on it:
+
+    python scripts/bench_accuracy.py --models smollm2-135m=/path/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --llama-args "--n-gpu-layers -1" --torch-args "--device cuda" --threads 4 --jobs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -24,7 +32,7 @@ from pathlib import Path
 
 from bench_common import machine, write_outputs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
 METHODS = {
@@ -33,15 +41,20 @@ METHODS = {
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
 }
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
-_WRAPPER = ("import resource, sys; from prge_gguf.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+_WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_speed import peak_rss_mib; "
+            "from prge_gguf.cli import main; rc = main(sys.argv[1:]); print('PEAK_RSS_MIB', peak_rss_mib()); "
+            "sys.exit(rc)")
+
+
+# Extra flags for every command, by engine (--llama-args, --torch-args); the data folder (--data-dir).
+EXTRA: dict[str, list[str]] = {"llama": [], "torch": []}
 
 
 def data_args(task: str, work: Path, train_max: int = 1000) -> list[str]:
-    """--task/--data/--valid for `task`: SST-2's shipped 1,000/872, SuperGLUE from ../shared/data."""
+    """--task/--data/--valid for `task`: SST-2's shipped 1,000/872, SuperGLUE from DATA_DIR/superglue."""
     if task == "sst2":
         return ["--task", "sst2"]
-    folder = SHARED / "superglue" / TASK_FILES[task]
+    folder = DATA_DIR / "superglue" / TASK_FILES[task]
     lines = (folder / "train.jsonl").read_text().splitlines()
     sample = random.Random(0).sample(lines, min(train_max, len(lines)))
     train = work / f"{task}-train.jsonl"
@@ -51,11 +64,11 @@ def data_args(task: str, work: Path, train_max: int = 1000) -> list[str]:
 
 def cli(args: list[str], threads: int) -> tuple[str, float]:
     """Run `prge-gguf ARGS`; (stdout, peak RSS MiB)."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *args, "--threads", str(threads)],
-                          check=True, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(Path(__file__).parent), *args, "--threads",
+                           str(threads)], check=True, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
-    rss = next(float(line.split()[1]) / 1024 for line in lines if line.startswith("PEAK_RSS_KIB"))
-    return "\n".join(line for line in lines if not line.startswith("PEAK_RSS_KIB")), rss
+    rss = next(float(line.split()[1]) for line in lines if line.startswith("PEAK_RSS_MIB"))
+    return "\n".join(line for line in lines if not line.startswith("PEAK_RSS_MIB")), rss
 
 
 def _rows(run: Path) -> list[dict]:
@@ -63,24 +76,25 @@ def _rows(run: Path) -> list[dict]:
 
 
 def zero_shot(task: str, model: str, work: Path, threads: int) -> dict:
-    """Accuracy of the base model on the test set."""
-    out, rss = cli(["eval", *data_args(task, work), "--model", model, "--json"], threads)
+    """Accuracy of the base model (a name or a GGUF path) on the test set."""
+    out, rss = cli(["eval", *data_args(task, work), "--model", model, "--json", *EXTRA["llama"]], threads)
     m = json.loads(out.splitlines()[-1])
     return {"accuracy": m["accuracy"], "wall_s": 0.0, "steps": 0, "forward_tokens": 0, "peak_rss_mib": rss,
             "curve": [[0.0, m["accuracy"]]]}
 
 
-def train_row(task: str, model: str, method: str, seed: int, budget_s: float, work: Path,
+def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
               threads: int, evals: int) -> dict:
     """Train `method` for `budget_s` of training wall time, then score the test set."""
-    base = ["train", *data_args(task, work), "--model", model, *METHODS[method], "--seed", str(seed),
-            "--checkpoint-every", "0"]
-    probe = work / f"probe-{task}-{model}-{method}-{seed}"
+    engine = "torch" if "torch" in METHODS[method] else "llama"
+    base = ["train", *data_args(task, work), "--model", model, *METHODS[method], *EXTRA[engine],
+            "--seed", str(seed), "--checkpoint-every", "0"]
+    probe = work / f"probe-{task}-{label}-{method}-{seed}"
     cli([*base, "--steps", "4", "--eval-every", "0", "--valid", str(_one_example(task, work)),
          "--out", str(probe)], threads)
     step_s = statistics.median(r["step_s"] for r in _rows(probe) if "loss" in r)
     steps = max(1, int(budget_s / step_s))
-    run = work / f"run-{task}-{model}-{method}-{seed}"
+    run = work / f"run-{task}-{label}-{method}-{seed}"
     _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
                   "--eval-size", "100", "--out", str(run)], threads)
     rows = _rows(run)
@@ -106,6 +120,16 @@ def _one_example(task: str, work: Path) -> Path:
         path = path.with_suffix(".jsonl")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name, or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
 
 
 def summarize(rows: list[dict]) -> tuple[list[dict], str]:
@@ -155,47 +179,75 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    global DATA_DIR
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
-    p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
+                   help="model names or GGUF paths; LABEL=PATH names a path's rows LABEL")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
     p.add_argument("--evals", type=int, default=4, help="evaluations (100 dev examples) during training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with --threads)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                   help="folder holding superglue/{RTE,CB,COPA,WiC}/{train,val}.jsonl")
+    p.add_argument("--llama-args", default="", help="extra flags for every llama-engine command, e.g. "
+                                                    "'--n-gpu-layers -1'")
+    p.add_argument("--torch-args", default="", help="extra flags for every torch-engine command, e.g. "
+                                                    "'--device cuda'")
+    p.add_argument("--report-only", action="store_true", help="run nothing: summarize WORK/rows.jsonl")
     p.add_argument("--work", type=Path, default=Path("runs/bench_accuracy"))
     p.add_argument("--out", default="bench/accuracy")
     args = p.parse_args()
+    DATA_DIR = args.data_dir
+    EXTRA.update(llama=shlex.split(args.llama_args), torch=shlex.split(args.torch_args))
+    models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)  # label -> name or path
     args.work.mkdir(parents=True, exist_ok=True)
     done_file = args.work / "rows.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     key = lambda r: (r["task"], r["model"], r["method"], r["seed"])  # noqa: E731
     have = {key(r) for r in done}
-    todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in args.models]
-    todo += [(t, m, meth, s) for t in args.tasks for m in args.models for meth in args.methods
-             for s in args.seeds]
-    todo = [k for k in todo if k not in have]
+    todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in models]
+    todo += [(t, m, meth, s) for t in args.tasks for m in models for meth in args.methods for s in args.seeds]
+    todo = [] if args.report_only else [k for k in todo if k not in have]
+    info = {**machine(), "gpu": gpu_name(), "host": platform.node()}
+    where = (f"GPU {info['gpu']}, " if info["gpu"] else "") + f"CPU {info['cpu']} ({info['cores']} cores)"
 
-    def run(k: tuple) -> dict:
-        task, model, method, seed = k
-        result = zero_shot(task, model, args.work, args.threads) if method == "zero-shot" else \
-            train_row(task, model, method, seed, args.budget_min * 60, args.work, args.threads, args.evals)
-        row = {"task": task, "model": model, "method": method, "seed": seed, **result}
+    def run(k: tuple) -> dict | None:
+        task, label, method, seed = k
+        try:
+            result = zero_shot(task, models[label], args.work, args.threads) if method == "zero-shot" else \
+                train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
+                          args.threads, args.evals)
+        except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
+            print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
+                  flush=True)
+            return None
+        row = {"task": task, "model": label, "method": method, "seed": seed, "machine": where, **result}
         with done_file.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{k}: accuracy {row['accuracy']:.3f}", file=sys.stderr)
+        print(f"{k}: accuracy {row['accuracy']:.3f}", file=sys.stderr, flush=True)
         return row
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        done += list(pool.map(run, todo))
+        done += [row for row in pool.map(run, todo) if row is not None]
     summary, table = summarize(done)
-    plot(done, Path(args.out).with_suffix(".png"))
-    write_outputs(args.out, {"machine": machine(), "budget_min": args.budget_min, "threads": args.threads,
-                             "jobs": args.jobs, "summary": summary, "rows": done},
+    try:
+        plot(done, Path(args.out).with_suffix(".png"))
+    except ImportError as e:  # no matplotlib (a GPU image): plot() can be called later on rows.jsonl
+        print(f"no plot: {e}", file=sys.stderr)
+    extra = "; ".join(f"{engine} engine: `{' '.join(flags)}`" for engine, flags in EXTRA.items() if flags)
+    # Each row names the machine it ran on: a report may gather rows of several runs.
+    machines = "; ".join(sorted({r.get("machine", "not recorded") for r in done}))
+    write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
+                             "jobs": args.jobs, "extra_args": EXTRA, "models": models, "summary": summary,
+                             "rows": done},
                   table + f"\n\nBudget {args.budget_min:g} min of training per row ({args.jobs} rows "
                   f"at once, {args.threads} threads each); test sets: SST-2 dev (872), SuperGLUE val; plot: "
-                  f"{Path(args.out).with_suffix('.png').name}.")
+                  f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
+                  f"{info['llama_cpp_python']}, commit {info['git_commit']}."
+                  + (f" Extra flags: {extra}." if extra else ""))
 
 
 if __name__ == "__main__":

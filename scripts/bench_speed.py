@@ -137,7 +137,15 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
     return {"variant": variant, "model": str(model), "q": q, "threads": threads,
             "tokens_per_step": passes * statistics.mean(tokens),
             **{k: statistics.median(r[k] for r in timed) for k in timed[0]},
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux carries
+    ru_maxrss over exec from the parent, so a child would report at least the parent's peak."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    line = next((s for s in status if s.startswith("VmHWM:")), None)
+    return int(line.split()[1]) / 1024 if line else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:

@@ -196,3 +196,18 @@ def test_adam_run_killed_then_resumed_is_bit_identical(cli_on_torch_engine, tmp_
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
     assert sorted(p.name for p in killed.glob("*-0*")) == ["checkpoint-000006.gguf", "optimizer-000006.npz"]
+
+
+def test_the_torch_loss_stays_on_the_log_probs_device():
+    # The first-order baseline on --device cuda once failed: scores were built on the CPU.
+    # The meta device stands in for a GPU here (no data, but device checks as strict).
+    import torch
+
+    from prge_gguf.data import TokenizedExample
+    from prge_gguf.engine.base import ScoreRequest
+    from prge_gguf.engine.torch_engine import _torch_loss
+
+    ex = TokenizedExample(requests=(ScoreRequest((1, 2), (1,), ((5, 6),)),), owners=(((0, 1),),),
+                          n_options=2, label=1)
+    logprobs = torch.zeros(2, dtype=torch.float64, device="meta")
+    assert _torch_loss(ex, [[logprobs]], "label").device.type == "meta"

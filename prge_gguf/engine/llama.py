@@ -61,10 +61,12 @@ class LlamaEngine:
         n_seq_max: int = 64,
         threads: int | None = None,
         n_gpu_layers: int = 0,
-        adapter_cache: int = 8,
+        adapter_cache: int = 2,
     ) -> None:
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)  # clear error for missing / non-GGUF files
+        # A training step loads 2q fresh adapters and never reuses them, evaluation one: a larger
+        # cache only holds memory (~10 MB an adapter on SmolLM2's seven projections; 8 cost 58 MB).
         self.n_ctx, self.n_seq_max, self._cache_size = n_ctx, n_seq_max, adapter_cache
         self._model = self._ctx = None
         self._batch: ll.llama_batch | None = None

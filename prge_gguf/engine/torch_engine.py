@@ -26,11 +26,12 @@ except ImportError:  # pragma: no cover - the message is the point
 
 
 def _torch_loss(ex: TokenizedExample, results: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
-    """`data.option_scores` + `data.example_loss` on differentiable log-probs."""
-    scores = torch.zeros(ex.n_options, dtype=torch.float64)
+    """`data.option_scores` + `data.example_loss` on differentiable log-probs (on their device)."""
+    device = results[0][0].device
+    scores = torch.zeros(ex.n_options, dtype=torch.float64, device=device)
     for req_owners, req_results in zip(ex.owners, results, strict=True):
         for pos_owners, logprobs in zip(req_owners, req_results, strict=True):
-            scores = scores.index_add(0, torch.tensor(pos_owners), logprobs)
+            scores = scores.index_add(0, torch.tensor(pos_owners, device=device), logprobs)
     if ex.n_scored:
         return -scores[0] / ex.n_scored
     if kind == "vocab":
