@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections import Counter
@@ -225,17 +224,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`prge-gguf train`: a new run in --out, or --resume one."""
     from prge_gguf.distributed import Workers
 
-    # SIGTERM (torchrun stopping a job, `timeout`, a scheduler) takes Ctrl-C's path: checkpoint, stop.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     workers = Workers.join() if args.distributed else Workers()
     try:
         return _train_as(workers, args)
     finally:
         workers.close()
-
-
-def _raise_interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _train_as(workers, args: argparse.Namespace) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -168,6 +171,36 @@ def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> lis
     return out
 
 
+class GracefulStop:
+    """While training, the first Ctrl-C (SIGINT) or SIGTERM lets the current step finish; the loop
+    then checkpoints and stops. A second Ctrl-C interrupts at once.
+
+    Why not raise from the handler: it runs wherever Python regains control, which is often inside
+    llama.cpp's log callback (adapters load every step), and an exception raised there is printed
+    and dropped by ctypes: the run would go on as if never interrupted."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # a background job keeps ignoring it
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nstopping after this step (Ctrl-C again to stop now)\n")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(
     engine: Engine,
     adapter: LoraAdapter,
@@ -220,21 +253,24 @@ def train(
         run_eval(0)
     step = start_step
     try:
-        while step < cfg.steps:
-            adapter, state, loss, tok_s = _step(engine, adapter, state, train_set, cfg, run, step, start,
-                                                workers)
-            step += 1
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
-            bar.update()
-            if cfg.eval_every and eval_subset and step % cfg.eval_every == 0:
-                stop = run_eval(step)
-                run.save_adapter(adapter, meta)
-                if stop:
-                    bar.write(f"early stop at step {step}: no better held-out score in "
-                              f"{cfg.early_stop} evaluations")
-                    break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                run.save_checkpoint(adapter, step, state)
+        with GracefulStop() as signalled:
+            while step < cfg.steps:
+                adapter, state, loss, tok_s = _step(engine, adapter, state, train_set, cfg, run, step,
+                                                    start, workers)
+                step += 1
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
+                bar.update()
+                if cfg.eval_every and eval_subset and step % cfg.eval_every == 0:
+                    stop = run_eval(step)
+                    run.save_adapter(adapter, meta)
+                    if stop:
+                        bar.write(f"early stop at step {step}: no better held-out score in "
+                                  f"{cfg.early_stop} evaluations")
+                        break
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    run.save_checkpoint(adapter, step, state)
+                if signalled.requested:
+                    raise KeyboardInterrupt
     except (KeyboardInterrupt, RankLost):
         run.save_checkpoint(adapter, step, state)  # the state of a whole step: no collective needed
         if run.writable:

@@ -128,3 +128,21 @@ def test_disk_full_on_checkpoint_leaves_the_previous_one(tmp_path, capsys, monke
         "checkpoint-000001.gguf", "checkpoint.json", "config.json", "metrics.jsonl"]  # no temp files
     monkeypatch.setattr(GGUFWriter, "write_tensors_to_file", real)
     assert main(["train", "--resume", str(out)]) == 0  # and the run resumes from step 1
+
+
+def test_the_first_signal_only_asks_the_loop_to_stop():
+    # Raising from the handler could land inside llama.cpp's log callback, where ctypes drops it.
+    from prge_gguf.train import GracefulStop
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with GracefulStop() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs at the next bytecode
+            assert stop.requested
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
