@@ -41,7 +41,7 @@ METHODS = {
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
 }
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
-_WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_speed import peak_rss_mib; "
+_WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
             "from prge_gguf.cli import main; rc = main(sys.argv[1:]); print('PEAK_RSS_MIB', peak_rss_mib()); "
             "sys.exit(rc)")
 
@@ -120,16 +120,6 @@ def _one_example(task: str, work: Path) -> Path:
         path = path.with_suffix(".jsonl")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def gpu_name() -> str | None:
-    """The first NVIDIA GPU's name, or None."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0] if out else None
 
 
 def summarize(rows: list[dict]) -> tuple[list[dict], str]:
@@ -211,8 +201,9 @@ def main() -> None:
     todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in models]
     todo += [(t, m, meth, s) for t in args.tasks for m in models for meth in args.methods for s in args.seeds]
     todo = [] if args.report_only else [k for k in todo if k not in have]
-    info = {**machine(), "gpu": gpu_name(), "host": platform.node()}
-    where = (f"GPU {info['gpu']}, " if info["gpu"] else "") + f"CPU {info['cpu']} ({info['cores']} cores)"
+    info = {**machine(), "host": platform.node()}
+    where = (f"GPU {info['gpu'].split(',')[0]}, " if info["gpu"] else "") + \
+        f"CPU {info['cpu']} ({info['cores']} cores)"
 
     def run(k: tuple) -> dict | None:
         task, label, method, seed = k

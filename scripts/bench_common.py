@@ -5,12 +5,30 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 from pathlib import Path
 
 
+def _run(*cmd: str, cwd: Path | None = None) -> str:
+    """A command's stdout, or "" where it is missing or fails."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=cwd).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_commit() -> str:
+    """Short HEAD, with "-dirty" when tracked files have uncommitted changes."""
+    repo = Path(__file__).parent
+    head = _run("git", "rev-parse", "--short", "HEAD", cwd=repo)
+    dirty = _run("git", "status", "--porcelain", "--untracked-files=no", cwd=repo)
+    return head + ("-dirty" if head and dirty else "")
+
+
 def machine() -> dict:
-    """CPU model and core count, OS, Python, llama-cpp-python version and the git commit."""
+    """CPU model and core count, the NVIDIA GPU (name, driver, memory) if any, OS, Python,
+    llama-cpp-python version and the git commit."""
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -22,10 +40,18 @@ def machine() -> dict:
         llama = llama_cpp.__version__
     except ImportError:
         llama = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(), "llama_cpp_python": llama, "git_commit": commit}
+    gpu = _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu.splitlines()[0] if gpu else None,
+            "os": platform.platform(), "python": platform.python_version(), "llama_cpp_python": llama,
+            "git_commit": git_commit()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux carries
+    ru_maxrss over exec from the parent, so a child would report at least the parent's peak."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    line = next((s for s in status if s.startswith("VmHWM:")), None)
+    return int(line.split()[1]) / 1024 if line else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_outputs(stem: str, result: dict, table: str) -> None:

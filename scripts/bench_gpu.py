@@ -41,7 +41,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from bench_common import git_commit  # noqa: E402
+from bench_common import machine as common_machine  # noqa: E402
 
 LLAMA_VERSION = "0.3.36"  # pyproject.toml's pin
 SDIST = f"llama_cpp_python-{LLAMA_VERSION}"
@@ -108,21 +110,10 @@ def prepare_carry(dest: Path, sdist: Path | None) -> None:
     from synthetic_gguf import export_vocab
 
     export_vocab(dest / "vocab.gguf")
-    (dest / "commit.txt").write_text(_git_commit() + "\n")
+    (dest / "commit.txt").write_text(git_commit() + "\n")
     for p in sorted(dest.rglob("*")):
         if p.is_file() and "cache" not in p.parts:
             log(f"{p}  {p.stat().st_size / 2**20:.1f} MiB")
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 # -- the GPU machine: install or build llama-cpp-python ---------------------------------------
@@ -236,24 +227,15 @@ def _preload_cuda_libs(lib_dir: Path) -> None:
 
 # -- what the numbers ran on ------------------------------------------------------------------
 def machine(carry: Path | None) -> dict:
-    """Card, CPU, cores, versions, commit."""
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    sent = carry / "commit.txt" if carry else None
+    """bench_common's machine record, plus the torch/CUDA versions and the commit the carry was made at."""
     import torch
     import transformers
 
-    return {"gpu": run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"),
-            "cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "transformers": transformers.__version__, "nvcc": run("nvcc", "--version").splitlines()[-1:],
-            "git_commit": _git_commit(),
+    sent = carry / "commit.txt" if carry else None
+    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.splitlines() \
+        if shutil.which("nvcc") else []
+    return {**common_machine(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "transformers": transformers.__version__, "nvcc": nvcc[-1:],
             "carry_commit": sent.read_text().strip() if sent and sent.exists() else None}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import machine, write_outputs
+from bench_common import machine, peak_rss_mib, write_outputs
 
 BATCH = 16
 
@@ -140,13 +139,6 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
             "peak_rss_mib": peak_rss_mib()}
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux carries
-    ru_maxrss over exec from the parent, so a child would report at least the parent's peak."""
-    status = Path("/proc/self/status").read_text().splitlines()
-    line = next((s for s in status if s.startswith("VmHWM:")), None)
-    return int(line.split()[1]) / 1024 if line else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def _run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--model", str(model), "--q", str(q),
@@ -231,10 +223,11 @@ def main() -> None:
         results.append({**reps[0], **merged, "label": label, "variant": variant, "q": q,
                         "peak_rss_mib": max(r["peak_rss_mib"] for r in reps)})
     table = _table(results, sizes)
+    host = machine()
     notes = (f"\nOne run, {args.repeats} alternating rounds x {args.steps} timed steps, medians; "
-             f"{args.threads} threads; SST-2 batches of {BATCH}. Machine: {machine()['cpu']}, "
-             f"{machine()['cores']} cores. Synthetic models have random weights: speed only.")
-    write_outputs(args.out, {"machine": machine(), "threads": args.threads, "batch": BATCH,
+             f"{args.threads} threads; SST-2 batches of {BATCH}. Machine: {host['cpu']}, "
+             f"{host['cores']} cores. Synthetic models have random weights: speed only.")
+    write_outputs(args.out, {"machine": host, "threads": args.threads, "batch": BATCH,
                              "repeats": args.repeats, "steps": args.steps, "model_mib": sizes,
                              "results": results}, table + "\n" + notes)
 
