@@ -12,7 +12,7 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
-from prge_gguf.train import DEFAULT_LR, OPTIMIZERS
+from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
 
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "train_a", "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every",
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--loss", choices=("label", "vocab"),
                     help="label: CE over label words (default); vocab: full-vocabulary token CE")
     tr.add_argument("--optimizer", choices=OPTIMIZERS,
-                    help="zo: P-RGE (default); sgd, adam: first-order by backprop, a baseline "
-                         "(--engine torch)")
+                    help="zo: P-RGE (default); zo-momentum, zo-adam: P-RGE's estimate through "
+                         "momentum or AdamW; sgd, adam: first-order by backprop, a baseline (--engine torch)")
     tr.add_argument("--train-a", action="store_true", default=None,
                     help="sgd/adam: train A too (full LoRA); by default only B (LoRA-FA, as P-RGE)")
     tr.add_argument("--seed", type=int)
@@ -249,15 +249,16 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         cfg, run, start_step, adapter, optimizer_state = TrainConfig(**overrides), None, 0, None, {}
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
-    if workers.size > 1 and cfg.optimizer != "zo":
-        raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer zo")
+    if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
+        raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
+                        + " or ".join(ZEROTH_ORDER))
     if workers.size > 2 * cfg.q:
         say(f"warning: {workers.size} ranks share {2 * cfg.q} perturbations a step; ranks "
             f"{2 * cfg.q}..{workers.size - 1} only evaluate (raise --q to use them)", file=sys.stderr)
     train_ex, eval_ex = _datasets(args)
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
-        if cfg.optimizer != "zo" and not hasattr(engine, "loss_gradient"):
+        if cfg.optimizer not in ZEROTH_ORDER and not hasattr(engine, "loss_gradient"):
             raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)

@@ -1,4 +1,5 @@
-"""Adam for the first-order baseline, over named float32 tensors. Pure numpy.
+"""AdamW and heavy-ball momentum over named float32 tensors, for exact gradients (the
+first-order baseline) and P-RGE's estimates alike. Pure numpy.
 
 AdamW (Loshchilov & Hutter: Adam with decoupled weight decay), step for step
 as `torch.optim.AdamW`, for the t-th update (t = 1, 2, ...) of a tensor p with
@@ -8,7 +9,11 @@ gradient g:
     m <- b1 m + (1 - b1) g          v <- b2 v + (1 - b2) g^2
     p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-The state is m and v of every tensor, one flat dict (`m/<name>`, `v/<name>`)
+Momentum (as `torch.optim.SGD(momentum=0.9)`): m <- b1 m + g, p <- p - lr (m + wd p)
+with the decay folded into g first; for P-RGE it averages the estimates of past steps
+(ZO-SGD-MMT in the ZO benchmark of Zhang et al., 2024).
+
+The state is m (and for Adam v) of every tensor, one flat dict (`m/<name>`, `v/<name>`)
 that checkpoints save as it is; t is the training step, so it is not stored.
 An empty state is Adam's start (m = v = 0).
 """
@@ -20,6 +25,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# zo: P-RGE (SGD on its estimate); zo-momentum, zo-adam: P-RGE's estimate fed to heavy-ball
+# momentum or AdamW. sgd, adam: the first-order baseline, by backprop (torch engine).
+OPTIMIZERS = ("zo", "zo-momentum", "zo-adam", "sgd", "adam")
+ZEROTH_ORDER = ("zo", "zo-momentum", "zo-adam")
+# The learning rate when none is given. A P-RGE step follows one random direction scaled by a
+# noisy estimate, SGD the exact gradient; Adam's steps are ~lr per coordinate whatever the
+# gradient's scale, so it wants its own (LoRA fine-tuning's usual 1e-4..1e-3).
+DEFAULT_LR = {"zo": 5e-3, "zo-momentum": 5e-4, "zo-adam": 1e-4, "sgd": 5e-3, "adam": 1e-3}
 BETAS = (0.9, 0.999)  # Kingma & Ba's defaults, as torch, PEFT and TRL use them
 EPS = 1e-8
 
@@ -50,4 +63,21 @@ def adam_step(
         decayed = p * np.float32(1 - lr * weight_decay)
         new[name] = decayed - step_size * m / (np.sqrt(v) / root_correction + np.float32(EPS))
         moments[f"m/{name}"], moments[f"v/{name}"] = m, v
+    return new, moments
+
+
+def momentum_step(
+    params: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple[dict[str, np.ndarray], OptimizerState]:
+    """One heavy-ball momentum update (momentum BETAS[0]): (new params, new state)."""
+    new, moments = {}, {}
+    for name, p in params.items():
+        g = np.asarray(grads[name], np.float32) + np.float32(weight_decay) * p
+        m = np.float32(BETAS[0]) * state.get(f"m/{name}", np.zeros_like(p)) + g
+        new[name], moments[f"m/{name}"] = p - np.float32(lr) * m, m
     return new, moments

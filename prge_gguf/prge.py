@@ -34,21 +34,15 @@ def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: floa
     return (np.asarray(loss_plus, np.float64) - np.asarray(loss_minus, np.float64)) / (2 * eps)
 
 
-def apply_update(
-    params: Tensors,
-    grads: np.ndarray,
-    seed: int,
-    step: int,
-    lr: float,
-    weight_decay: float = 0.0,
+def gradient_estimate(
+    shapes: Mapping[str, tuple[int, ...]], grads: np.ndarray, seed: int, step: int
 ) -> dict[str, np.ndarray]:
-    """New tensors B - lr * (mean_i g_i z_i + weight_decay * B); z_i regenerated one at a time."""
-    shapes = {n: p.shape for n, p in params.items()}
-    total = {n: np.zeros_like(p, dtype=np.float32) for n, p in params.items()}
+    """mean_i g_i z_i, with the z_i regenerated one at a time."""
+    total = {n: np.zeros(s, dtype=np.float32) for n, s in shapes.items()}
     for i, g in enumerate(grads):
         for n, z in direction(shapes, seed, step, i).items():
             total[n] += np.float32(g / len(grads)) * z
-    return descend(params, total, lr, weight_decay)
+    return total
 
 
 def descend(
@@ -62,6 +56,25 @@ def descend(
     }
 
 
+def estimate_step(
+    params: Tensors, pair_loss: PairLoss, *, seed: int, step: int, q: int, eps: float
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The P-RGE gradient estimate at `params`: (mean_i g_i z_i, losses at +eps, at -eps).
+
+    `pair_loss` gets the q scaled directions eps*z_i and evaluates all 2q
+    perturbed losses (the engine decides how to batch them).
+    """
+    shapes = {n: p.shape for n, p in params.items()}
+    scaled = [
+        {n: np.float32(eps) * z for n, z in direction(shapes, seed, step, i).items()}
+        for i in range(q)
+    ]
+    loss_plus, loss_minus = pair_loss(scaled)
+    del scaled  # the estimate regenerates each z: never more than one direction held besides
+    grads = projected_gradients(loss_plus, loss_minus, eps)
+    return gradient_estimate(shapes, grads, seed, step), loss_plus, loss_minus
+
+
 def prge_step(
     params: Tensors,
     pair_loss: PairLoss,
@@ -73,16 +86,6 @@ def prge_step(
     lr: float,
     weight_decay: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """One P-RGE step. Returns (new params, losses at +eps, losses at -eps).
-
-    `pair_loss` gets the q scaled directions eps*z_i and evaluates all 2q
-    perturbed losses (the engine decides how to batch them).
-    """
-    shapes = {n: p.shape for n, p in params.items()}
-    scaled = [
-        {n: np.float32(eps) * z for n, z in direction(shapes, seed, step, i).items()}
-        for i in range(q)
-    ]
-    loss_plus, loss_minus = pair_loss(scaled)
-    grads = projected_gradients(loss_plus, loss_minus, eps)
-    return apply_update(params, grads, seed, step, lr, weight_decay), loss_plus, loss_minus
+    """One P-RGE step with plain SGD. Returns (new params, losses at +eps, losses at -eps)."""
+    estimate, loss_plus, loss_minus = estimate_step(params, pair_loss, seed=seed, step=step, q=q, eps=eps)
+    return descend(params, estimate, lr, weight_decay), loss_plus, loss_minus

@@ -17,18 +17,19 @@ from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import TARGETS, LoraAdapter
-from prge_gguf.optim import OptimizerState, adam_step
-from prge_gguf.prge import PairLoss, descend, prge_step
+from prge_gguf.optim import (
+    DEFAULT_LR,
+    OPTIMIZERS,
+    ZEROTH_ORDER,
+    OptimizerState,
+    adam_step,
+    momentum_step,
+)
+from prge_gguf.prge import PairLoss, descend, estimate_step
 from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
-# zo: P-RGE. sgd, adam: the first-order baseline, by backprop (torch engine).
-OPTIMIZERS = ("zo", "sgd", "adam")
-# The learning rate when none is given. A P-RGE step follows one random direction scaled by a
-# noisy estimate, SGD the exact gradient; Adam's steps are ~lr per coordinate whatever the
-# gradient's scale, so it wants its own (LoRA fine-tuning's usual 1e-4..1e-3).
-DEFAULT_LR = {"zo": 5e-3, "sgd": 5e-3, "adam": 1e-3}
 EVAL_CHUNK = 64  # examples scored together in evaluation; the unit ranks share
 
 
@@ -44,7 +45,7 @@ class TrainConfig:
     lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
-    optimizer: str = "zo"  # "zo": P-RGE; "sgd", "adam": first-order by backprop (torch engine; a baseline)
+    optimizer: str = "zo"  # one of OPTIMIZERS; "sgd", "adam" backprop (torch engine; the baseline)
     train_a: bool = False  # first-order only: train A too (full LoRA), not only B (LoRA-FA)
     seed: int = 0  # seeds A's init, batch order and every z
     rank: int = 8
@@ -75,7 +76,7 @@ class TrainConfig:
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (not (self.train_a and self.optimizer == "zo"),
+            (not (self.train_a and self.optimizer in ZEROTH_ORDER),
              "--train-a trains A by backprop: use --optimizer sgd or adam (P-RGE trains B only)"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
@@ -297,11 +298,10 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     sent, comm_s = workers.bytes_sent, workers.comm_s
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
-    if cfg.optimizer == "zo":
-        new_b, lp, lm = prge_step(
-            adapter.b, pair_loss_fn(engine, adapter, batch, cfg, workers), seed=cfg.seed, step=step,
-            q=cfg.q, eps=cfg.eps, lr=lr, weight_decay=cfg.weight_decay,
-        )
+    if cfg.optimizer in ZEROTH_ORDER:
+        estimate, lp, lm = estimate_step(adapter.b, pair_loss_fn(engine, adapter, batch, cfg, workers),
+                                         seed=cfg.seed, step=step, q=cfg.q, eps=cfg.eps)
+        new_b, state = _descend(adapter.b, estimate, state, cfg, lr, step)
         new, loss, passes = adapter.with_b(new_b), float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
     else:
         new, state, loss = _first_order(engine, adapter, state, batch, cfg, lr, step)
@@ -328,12 +328,18 @@ def _first_order(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     """The baseline's step: the exact gradient by backprop (torch engine), then SGD or Adam
     (whose moments are `state`). Returns (updated adapter, optimizer state, loss)."""
     loss, grads = engine.loss_gradient(batch, adapter, cfg.loss, train_a=cfg.train_a)
-    params = adapter.trainable(cfg.train_a)
-    if cfg.optimizer == "adam":
-        new, state = adam_step(params, grads, state, t=step + 1, lr=lr, weight_decay=cfg.weight_decay)
-    else:
-        new = descend(params, grads, lr, cfg.weight_decay)
+    new, state = _descend(adapter.trainable(cfg.train_a), grads, state, cfg, lr, step)
     return adapter.with_tensors(new), state, loss
+
+
+def _descend(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: OptimizerState,
+             cfg: TrainConfig, lr: float, step: int) -> tuple[dict[str, np.ndarray], OptimizerState]:
+    """The configured optimizer's update of `params` along `grads` (exact or estimated)."""
+    if cfg.optimizer.endswith("adam"):
+        return adam_step(params, grads, state, t=step + 1, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer.endswith("momentum"):
+        return momentum_step(params, grads, state, lr=lr, weight_decay=cfg.weight_decay)
+    return descend(params, grads, lr, cfg.weight_decay), state
 
 
 def config_record(cfg: TrainConfig, **extra: object) -> dict:

@@ -1,11 +1,16 @@
-"""Hyper-parameter sweep: runs `prge-gguf train` jobs in parallel, one setting each.
+"""Hyper-parameter sweep: runs `prge-gguf train` jobs in parallel, one (task, setting) each.
 
-Jobs are scored on held-out data given with --valid (for sst2: rows of SST-2
-*train* outside the shipped 1,000; never the dev set that the README reports).
-Writes a JSON file and a Markdown table.
+Jobs train and are scored on *training* data only (tuning splits, below); the dev/val sets that
+the README reports are never read. Writes sweep.json and a Markdown table.
 
-    python scripts/sweep.py --task sst2 --valid VALID.tsv --steps 200 \
-        --grid "lr=2e-3,5e-3;targets=attn_q,attn_v|all" --parallel 4 --threads 2 --out bench/sweep
+Tuning splits (`tuning_split`), from the files under --data-dir (../shared/data):
+- sst2: the shipped 1,000 rows train; 500 other rows of SST-2 train (random.Random(1)) score.
+- rte, wic: bench_accuracy's 1,000 training rows train; 500 of the remaining train rows score.
+- cb, copa (250 / 400 rows, all used by bench_accuracy): train.jsonl shuffled
+  (random.Random(1)), three quarters train, one quarter scores.
+
+    python scripts/sweep.py --tasks sst2 rte --steps 400 \
+        --grid "optimizer=zo;lr=2e-3,5e-3;targets=attn_q,attn_v|all" --parallel 4 --out bench/sweep
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
+import random
+import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from bench_common import machine
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+SUPERGLUE = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
+TUNE_ROWS = 500
 
 
 def parse_grid(spec: str) -> list[dict[str, str]]:
@@ -33,32 +44,83 @@ def parse_grid(spec: str) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def run_job(i: int, flags: dict[str, str], args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"job{i:02d}"
-    cmd = [sys.executable, "-m", "prge_gguf", "train", "--task", args.task, "--valid", args.valid,
-           "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-           "--eval-size", str(args.eval_size), "--threads", str(args.threads), "--out", str(out)]
+def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
+    """--task/--data/--valid flags of `task`'s tuning split (see the module docstring), written
+    to `work`, where split files already there are used as they are."""
+    work.mkdir(parents=True, exist_ok=True)
+    if task == "sst2":
+        valid = work / "sst2-tune.tsv"
+        if valid.exists():
+            return ["--task", "sst2", "--valid", str(valid)]
+        from prge_gguf.tasks import builtin_task
+
+        shipped = set(builtin_task("sst2").train_file.read_text().splitlines())
+        header, *rows = (data_dir / "sst2" / "train.tsv").read_text().splitlines()
+        spare = [r for r in rows if r not in shipped]
+        valid.write_text("\n".join([header, *random.Random(1).sample(spare, TUNE_ROWS)]) + "\n")
+        return ["--task", "sst2", "--valid", str(valid)]
+    paths = {name: work / f"{task}-tune-{name}.jsonl" for name in ("train", "valid")}
+    flags = ["--task", task, "--data", str(paths["train"]), "--valid", str(paths["valid"])]
+    if all(p.exists() for p in paths.values()):
+        return flags
+    lines = (data_dir / "superglue" / SUPERGLUE[task] / "train.jsonl").read_text().splitlines()
+    bench_rows = random.Random(0).sample(lines, min(1000, len(lines)))  # bench_accuracy's training rows
+    spare = [line for line in lines if line not in set(bench_rows)]
+    if len(spare) >= TUNE_ROWS:
+        train, valid = bench_rows, random.Random(1).sample(spare, TUNE_ROWS)
+    else:
+        shuffled = random.Random(1).sample(lines, len(lines))
+        cut = len(lines) * 3 // 4
+        train, valid = shuffled[:cut], shuffled[cut:]
+    for name, rows in (("train", train), ("valid", valid)):
+        paths[name].write_text("\n".join(rows) + "\n")
+    return flags
+
+
+def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: argparse.Namespace) -> dict:
+    """One training run; its held-out evaluations, read back from metrics.jsonl (also when the
+    job was stopped at --job-timeout)."""
+    out = Path(args.out) / f"job{i:03d}"
+    cmd = [sys.executable, "-m", "prge_gguf", "train", *data, "--steps", str(args.steps),
+           "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
+           "--threads", str(args.threads), "--out", str(out), *shlex.split(args.extra)]
     if args.model:
         cmd += ["--model", args.model]
     for key, value in flags.items():
         if not (key == "targets" and value == "all"):
             cmd += [f"--{key.replace('_', '-')}", value]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.job_timeout)
+        returncode, error = proc.returncode, proc.stderr[-500:] if proc.returncode else ""
+    except subprocess.TimeoutExpired:
+        returncode, error = None, f"stopped after {args.job_timeout} s"
     metrics = out / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    evals = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+    evals = [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_accuracy" in r]
     final = next((r for r in rows if "final_eval_accuracy" in r), {})
-    return {"flags": flags, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
-            "evals": evals, "final_accuracy": final.get("final_eval_accuracy"),
-            "final_loss": final.get("final_eval_loss"),
-            "error": proc.stderr[-500:] if proc.returncode else ""}
+    steps = [r for r in rows if "step_s" in r]
+    return {"task": task, "flags": flags, "returncode": returncode, "wall_s": time.perf_counter() - t0,
+            "steps_done": len(steps), "evals": evals, "final_accuracy": final.get("final_eval_accuracy"),
+            "final_loss": final.get("final_eval_loss"), "error": error}
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| task | setting | final held-out acc | evals (step: acc) | steps | wall s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(results, key=lambda r: (r["task"], -(r["final_accuracy"] or 0))):
+        setting = " ".join(f"{k}={v}" for k, v in r["flags"].items())
+        curve = ", ".join(f"{s}: {a:.3f}" for s, a, _ in r["evals"])
+        acc = f"{r['final_accuracy']:.3f}" if r["final_accuracy"] is not None else "unfinished"
+        lines.append(f"| {r['task']} | {setting} | {acc} | {curve} | {r['steps_done']} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="sst2")
-    p.add_argument("--valid", required=True, help="held-out tuning data (not the reported test set)")
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=["sst2", *SUPERGLUE])
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                   help="folder of sst2/train.tsv and superglue/<TASK>/train.jsonl (training data only)")
     p.add_argument("--model")
     p.add_argument("--grid", required=True, action="append", help="repeatable; each adds its product")
     p.add_argument("--steps", type=int, default=200)
@@ -66,24 +128,23 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=200)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--extra", default="", help="flags for every job, e.g. '--engine torch --device cuda'")
+    p.add_argument("--job-timeout", type=float, help="stop a job after this many seconds (evals kept)")
+    p.add_argument("--splits", type=Path, help="folder of the tuning-split files (default OUT/data); "
+                   "files already there are used as they are")
     p.add_argument("--out", default="bench/sweep")
     args = p.parse_args()
     grid = [flags for spec in args.grid for flags in parse_grid(spec)]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    data = {task: tuning_split(task, args.data_dir, args.splits or out / "data") for task in args.tasks}
+    jobs = [(task, flags) for task in args.tasks for flags in grid]
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda ij: run_job(*ij, args), enumerate(grid)))
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "parallel": args.parallel, "threads": args.threads, "steps": args.steps,
-            "valid": args.valid, "task": args.task}
-    (Path(args.out) / "sweep.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["| setting | final held-out acc | evals (step: acc) | wall s |", "| --- | --- | --- | --- |"]
-    for r in sorted(results, key=lambda r: -(r["final_accuracy"] or 0)):
-        setting = " ".join(f"{k}={v}" for k, v in r["flags"].items())
-        curve = ", ".join(f"{s}: {a:.3f}" for s, a in r["evals"])
-        acc = f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "unfinished"
-        lines.append(f"| {setting} | {acc} | {curve} | {r['wall_s']:.0f} |")
-    table = "\n".join(lines)
-    (Path(args.out) / "sweep.md").write_text(table + "\n")
+        results = list(pool.map(lambda k: run_job(k, *jobs[k], data[jobs[k][0]], args), range(len(jobs))))
+    meta = {"machine": machine(), "parallel": args.parallel, "threads": args.threads, "steps": args.steps,
+            "extra": args.extra, "tasks": args.tasks, "tune_rows": TUNE_ROWS}
+    (out / "sweep.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = _table(results)
+    (out / "sweep.md").write_text(table + "\n")
     print(table)
 
 

@@ -1,4 +1,4 @@
-"""Adam for the first-order baseline: the update of torch.optim.AdamW, and the settings it takes."""
+"""The optimizers: updates of torch.optim.AdamW and SGD with momentum, and the settings they take."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from prge_gguf.cli import main
-from prge_gguf.optim import BETAS, EPS, adam_step
-from prge_gguf.train import DEFAULT_LR, TrainConfig
+from prge_gguf.optim import BETAS, DEFAULT_LR, EPS, adam_step, momentum_step
+from prge_gguf.train import TrainConfig
 
 SHAPES = {"blk.0.attn_v.weight.lora_b": (4, 3), "blk.0.attn_v.weight.lora_a": (3, 5)}
 
@@ -33,6 +33,26 @@ def test_adam_steps_match_torch_adamw():
             np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=2e-6, atol=1e-7)
             assert params[n].dtype == np.float32
     assert sorted(state) == sorted(f"{k}/{n}" for k in "mv" for n in SHAPES)
+
+
+def test_momentum_steps_match_torch_sgd_with_momentum():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    leaves = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
+    reference = torch.optim.SGD(list(leaves.values()), lr=1.0, momentum=BETAS[0], weight_decay=0.1)
+    state = {}
+    for lr in [1e-2, 5e-3, 2e-2]:
+        grads = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+        params, state = momentum_step(params, grads, state, lr=lr, weight_decay=0.1)
+        for group in reference.param_groups:
+            group["lr"] = lr
+        for n, leaf in leaves.items():
+            leaf.grad = torch.from_numpy(grads[n])
+        reference.step()
+        for n, leaf in leaves.items():
+            np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert sorted(state) == sorted(f"m/{n}" for n in SHAPES)
 
 
 def test_each_optimizer_has_its_default_lr_and_an_explicit_lr_wins():
