@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import TARGETS, base_fingerprint, target_shapes
+from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
 
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
     tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
-                    help=f"comma-separated projections (default all: {','.join(TARGETS)})")
+                    help=f"comma-separated projections of {','.join(TARGETS)} "
+                         f"(default: {','.join(DEFAULT_TARGETS)})")
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
     tr.add_argument("--eval-size", type=int, help="held-out examples per evaluation (0 = all)")
     tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")

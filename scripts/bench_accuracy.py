@@ -38,7 +38,9 @@ TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],
-    "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
+    # The baseline at its strongest: all seven projections (P-RGE's default is attn_v alone).
+    "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16",
+           "--targets", "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down"],
 }
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "

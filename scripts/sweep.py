@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -90,10 +92,15 @@ def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: arg
         if not (key == "targets" and value == "all"):
             cmd += [f"--{key.replace('_', '-')}", value]
     t0 = time.perf_counter()
+    # Its own process group, so a stop also ends what the job started (which would hold the pipe).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.job_timeout)
-        returncode, error = proc.returncode, proc.stderr[-500:] if proc.returncode else ""
+        _, stderr = proc.communicate(timeout=args.job_timeout)
+        returncode, error = proc.returncode, stderr[-500:] if proc.returncode else ""
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         returncode, error = None, f"stopped after {args.job_timeout} s"
     metrics = out / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
