@@ -27,7 +27,7 @@ from prge_gguf.gguf_header import GGUFHeader
 
 # The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-DEFAULT_TARGETS = ("attn_v",)
+DEFAULT_TARGETS = ("attn_q", "attn_v")
 # A block weight's GGUF name: groups (layer, projection).
 TARGET_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
 _KEY_FINGERPRINT = "prge.base_fingerprint"

@@ -50,9 +50,9 @@ class TrainConfig:
     seed: int = 0  # seeds A's init, batch order and every z
     rank: int = 8
     alpha: float = 16.0
-    # attn_v alone: as accurate as all seven projections in the tuning sweeps (bench/NOTES.md),
-    # with 1/27 of the trainable values, so P-RGE's estimate is less noisy and llama.cpp's
-    # LoRA compute and adapter swaps nearly vanish from a step.
+    # attn_q + attn_v (MeZO's pair): as accurate as all seven projections in the tuning sweeps
+    # (bench/NOTES.md) with 1/6.75 of the trainable values, so P-RGE takes a larger lr and
+    # llama.cpp's LoRA compute and adapter swaps shrink in a step.
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     eval_every: int = 100  # steps between evaluations on `eval_size` held-out examples
     eval_size: int = 200  # 0 = the whole eval set

@@ -13,6 +13,8 @@ processes alternate over `--repeats` rounds, and each reports the median of its 
   context of two threads.
 - torch zo: the torch engine's P-RGE step (fp32, all 2q perturbations in one forward).
 - torch fo: a first-order LoRA step (backprop through the fp32 model).
+Adapters: LoRA-FA rank 8 on the default targets (attn_q, attn_v); variants ending in -all7 put it on all
+seven projections (the first-order baseline of bench/accuracy.md trains those).
 Models: the shipped SmolLM2-135M-Instruct Q4_1; the same re-quantized by llama.cpp's
 `llama_model_quantize` (allow_requantize: a Q4_1 source, labelled as such) to Q8_0, Q4_0 and
 F16; and random-weight GGUFs of real 360M and 1.1B shapes (scripts/synthetic_gguf.py: for
@@ -52,10 +54,11 @@ def _batches(engine, steps: int):
     return out
 
 
-def _adapter(engine):
-    from prge_gguf.lora import TARGETS, init_lora_fa
+def _adapter(engine, all_targets: bool):
+    """LoRA-FA rank 8 on the default targets (attn_q, attn_v), or on all seven projections."""
+    from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, init_lora_fa
 
-    adapter = init_lora_fa(engine.header, list(TARGETS), 8, 16.0, 0)
+    adapter = init_lora_fa(engine.header, list(TARGETS if all_targets else DEFAULT_TARGETS), 8, 16.0, 0)
     # A non-zero B, as after a few steps (zero B would make every adapter's effect nil).
     rng = np.random.default_rng(1)
     return adapter.with_b({n: rng.standard_normal(b.shape, dtype=np.float32) * 1e-3
@@ -95,11 +98,12 @@ def _prge_step_time(engine, adapter, batch, q: int, step: int) -> tuple[float, o
 def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
     """One variant in this process: per-step medians, tokens per step, peak RSS."""
     rows: list[dict] = []
-    if variant == "llama":
+    all_targets = variant.endswith("-all7")
+    if variant.startswith("llama") and variant != "llama-2ctx":
         from prge_gguf.engine.llama import LlamaEngine
 
         engine = LlamaEngine(model, threads=threads)
-        batches, adapter = _batches(engine, steps + 1), _adapter(engine)
+        batches, adapter = _batches(engine, steps + 1), _adapter(engine, all_targets)
         for step, batch in enumerate(batches):
             requests = [r for ex in batch for r in ex.requests]
             engine.timings.clear()
@@ -111,7 +115,7 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
             rows.append({"limit_s": limit, "step_s": dt, **{f"{k}_s": v for k, v in engine.timings.items()}})
     elif variant == "llama-2ctx":
         engine = TwoContexts(model)
-        batches, adapter = _batches(engine.engines[0], steps + 1), _adapter(engine)
+        batches, adapter = _batches(engine.engines[0], steps + 1), _adapter(engine, all_targets)
         for step, batch in enumerate(batches):
             dt, adapter = _prge_step_time(engine, adapter, batch, q, step)
             rows.append({"step_s": dt})
@@ -120,9 +124,9 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
         from prge_gguf.prge import descend
 
         torch_engine = TorchEngine(model, threads=threads)
-        batches, adapter = _batches(torch_engine, steps + 1), _adapter(torch_engine)
+        batches, adapter = _batches(torch_engine, steps + 1), _adapter(torch_engine, all_targets)
         for step, batch in enumerate(batches):
-            if variant == "torch-zo":
+            if variant.startswith("torch-zo"):
                 dt, adapter = _prge_step_time(torch_engine, adapter, batch, q, step)
             else:
                 t0 = time.perf_counter()
@@ -132,7 +136,7 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
             rows.append({"step_s": dt})
     timed = rows[1:]  # step 0 warms caches and pages the weights in
     tokens = [sum(ex.n_tokens for ex in batch) for batch in batches[1:]]
-    passes = 1 if variant == "torch-fo" else 2 * q
+    passes = 1 if variant.startswith("torch-fo") else 2 * q
     return {"variant": variant, "model": str(model), "q": q, "threads": threads,
             "tokens_per_step": passes * statistics.mean(tokens),
             **{k: statistics.median(r[k] for r in timed) for k in timed[0]},
@@ -172,8 +176,11 @@ def _plan(models, threads: int) -> list[tuple[str, str, Path, int]]:
     for label, path, kind in models:
         plan.append((label, "llama", path, 1))
         if kind == "real":
-            plan += [(label, "llama", path, 4), (label, "llama-2ctx", path, 1),
-                     (label, "torch-zo", path, 1), (label, "torch-zo", path, 4), (label, "torch-fo", path, 1)]
+            # The default step (attn_q, attn_v), the same with all seven projections, and
+            # first-order LoRA-FA on all seven (the accuracy baseline's setting).
+            variants = [("llama", 4), ("llama-all7", 1), ("llama-2ctx", 1), ("torch-zo", 1),
+                        ("torch-zo", 4), ("torch-zo-all7", 1), ("torch-fo-all7", 1)]
+            plan += [(label, variant, path, q) for variant, q in variants]
     return plan
 
 

@@ -4,7 +4,8 @@ Jobs train and are scored on *training* data only (tuning splits, below); the de
 the README reports are never read. Writes sweep.json and a Markdown table.
 
 Tuning splits (`tuning_split`), from the files under --data-dir (../shared/data):
-- sst2: the shipped 1,000 rows train; 500 other rows of SST-2 train (random.Random(1)) score.
+- sst2: the shipped 1,000 rows train; 500 other rows of SST-2 train of at least 10 words
+  (random.Random(1)) score: dev holds sentences, SST-2 train mostly short phrases.
 - rte, wic: bench_accuracy's 1,000 training rows train; 500 of the remaining train rows score.
 - cb, copa (250 / 400 rows, all used by bench_accuracy): train.jsonl shuffled
   (random.Random(1)), three quarters train, one quarter scores.
@@ -30,9 +31,12 @@ from pathlib import Path
 
 from bench_common import machine
 
+from prge_gguf.lora import TARGETS
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 SUPERGLUE = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500
+MIN_WORDS = 10  # SST-2 tuning rows: sentences of at least this many words
 
 
 def parse_grid(spec: str) -> list[dict[str, str]]:
@@ -58,7 +62,8 @@ def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
 
         shipped = set(builtin_task("sst2").train_file.read_text().splitlines())
         header, *rows = (data_dir / "sst2" / "train.tsv").read_text().splitlines()
-        spare = [r for r in rows if r not in shipped]
+        # Sentences, as in dev (median 19 words); SST-2 train is mostly short phrases (median 7).
+        spare = [r for r in rows if r not in shipped and len(r.split("\t")[0].split()) >= MIN_WORDS]
         valid.write_text("\n".join([header, *random.Random(1).sample(spare, TUNE_ROWS)]) + "\n")
         return ["--task", "sst2", "--valid", str(valid)]
     paths = {name: work / f"{task}-tune-{name}.jsonl" for name in ("train", "valid")}
@@ -89,8 +94,9 @@ def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: arg
     if args.model:
         cmd += ["--model", args.model]
     for key, value in flags.items():
-        if not (key == "targets" and value == "all"):
-            cmd += [f"--{key.replace('_', '-')}", value]
+        if key == "targets" and value == "all":
+            value = ",".join(TARGETS)
+        cmd += [f"--{key.replace('_', '-')}", value]
     t0 = time.perf_counter()
     # Its own process group, so a stop also ends what the job started (which would hold the pipe).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -56,7 +56,7 @@ def test_momentum_steps_match_torch_sgd_with_momentum():
 
 
 def test_each_optimizer_has_its_default_lr_and_an_explicit_lr_wins():
-    assert TrainConfig().lr == DEFAULT_LR["zo"] == 5e-3
+    assert TrainConfig().lr == DEFAULT_LR["zo"] == 2e-2
     assert TrainConfig(optimizer="adam").lr == DEFAULT_LR["adam"] == 1e-3
     assert TrainConfig(optimizer="adam", lr=3e-4).lr == 3e-4
 
