@@ -12,46 +12,45 @@ from prge_gguf.train import TrainConfig
 SHAPES = {"blk.0.attn_v.weight.lora_b": (4, 3), "blk.0.attn_v.weight.lora_a": (3, 5)}
 
 
-def test_adam_steps_match_torch_adamw():
+def _compare_with_torch(ours, make_reference, lrs, grad_scale, rtol) -> dict:
+    """Run `ours(params, grads, state, t, lr)` and the torch optimizer `make_reference(leaves)`
+    side by side over the lr schedule `lrs`; assert equal params each step; return our state."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
     leaves = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
-    reference = torch.optim.AdamW(list(leaves.values()), lr=1.0, betas=BETAS, eps=EPS, weight_decay=0.1)
+    reference = make_reference(torch, list(leaves.values()))
     state = {}
-    for t, lr in enumerate([1e-2, 5e-3, 2e-2, 1e-3, 1e-2], start=1):  # a schedule: lr changes per step
-        # Gradients of mixed sizes, some tiny: eps and the bias corrections both matter.
-        grads = {n: (rng.standard_normal(s) * 10.0 ** rng.integers(-9, 1, s)).astype(np.float32)
+    for t, lr in enumerate(lrs, start=1):
+        grads = {n: (rng.standard_normal(s) * grad_scale(rng, s)).astype(np.float32)
                  for n, s in SHAPES.items()}
-        params, state = adam_step(params, grads, state, t=t, lr=lr, weight_decay=0.1)
+        params, state = ours(params, grads, state, t, lr)
         for group in reference.param_groups:
             group["lr"] = lr
         for n, leaf in leaves.items():
             leaf.grad = torch.from_numpy(grads[n])
         reference.step()
         for n, leaf in leaves.items():
-            np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=2e-6, atol=1e-7)
+            np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=rtol, atol=1e-7)
             assert params[n].dtype == np.float32
+    return state
+
+
+def test_adam_steps_match_torch_adamw():
+    state = _compare_with_torch(
+        lambda p, g, st, t, lr: adam_step(p, g, st, t=t, lr=lr, weight_decay=0.1),
+        lambda torch, leaves: torch.optim.AdamW(leaves, lr=1.0, betas=BETAS, eps=EPS, weight_decay=0.1),
+        [1e-2, 5e-3, 2e-2, 1e-3, 1e-2],  # a schedule: lr changes per step
+        # Gradients of mixed sizes, some tiny: eps and the bias corrections both matter.
+        lambda rng, s: 10.0 ** rng.integers(-9, 1, s), rtol=2e-6)
     assert sorted(state) == sorted(f"{k}/{n}" for k in "mv" for n in SHAPES)
 
 
 def test_momentum_steps_match_torch_sgd_with_momentum():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
-    leaves = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
-    reference = torch.optim.SGD(list(leaves.values()), lr=1.0, momentum=BETAS[0], weight_decay=0.1)
-    state = {}
-    for lr in [1e-2, 5e-3, 2e-2]:
-        grads = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
-        params, state = momentum_step(params, grads, state, lr=lr, weight_decay=0.1)
-        for group in reference.param_groups:
-            group["lr"] = lr
-        for n, leaf in leaves.items():
-            leaf.grad = torch.from_numpy(grads[n])
-        reference.step()
-        for n, leaf in leaves.items():
-            np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=1e-5, atol=1e-7)
+    state = _compare_with_torch(
+        lambda p, g, st, t, lr: momentum_step(p, g, st, lr=lr, weight_decay=0.1),
+        lambda torch, leaves: torch.optim.SGD(leaves, lr=1.0, momentum=BETAS[0], weight_decay=0.1),
+        [1e-2, 5e-3, 2e-2], lambda rng, s: 1.0, rtol=1e-5)
     assert sorted(state) == sorted(f"m/{n}" for n in SHAPES)
 
 
