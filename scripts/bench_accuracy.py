@@ -32,15 +32,16 @@ from pathlib import Path
 
 from bench_common import machine, write_outputs
 
+from prge_gguf.lora import TARGETS
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],
-    # The baseline at its strongest: all seven projections (P-RGE's default is attn_v alone).
-    "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16",
-           "--targets", "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down"],
+    # The baseline at its strongest: all seven projections (P-RGE's default is attn_q + attn_v).
+    "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16", "--targets", ",".join(TARGETS)],
 }
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
@@ -52,13 +53,18 @@ _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common 
 EXTRA: dict[str, list[str]] = {"llama": [], "torch": []}
 
 
-def data_args(task: str, work: Path, train_max: int = 1000) -> list[str]:
+def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[str], list[str]]:
+    """(all rows of a SuperGLUE task's train.jsonl, the `train_max` of them this bench trains on)."""
+    lines = (data_dir / "superglue" / TASK_FILES[task] / "train.jsonl").read_text().splitlines()
+    return lines, random.Random(0).sample(lines, min(train_max, len(lines)))
+
+
+def data_args(task: str, work: Path) -> list[str]:
     """--task/--data/--valid for `task`: SST-2's shipped 1,000/872, SuperGLUE from DATA_DIR/superglue."""
     if task == "sst2":
         return ["--task", "sst2"]
+    _, sample = train_rows(task, DATA_DIR)
     folder = DATA_DIR / "superglue" / TASK_FILES[task]
-    lines = (folder / "train.jsonl").read_text().splitlines()
-    sample = random.Random(0).sample(lines, min(train_max, len(lines)))
     train = work / f"{task}-train.jsonl"
     train.write_text("\n".join(sample) + "\n")
     return ["--task", task, "--data", str(train), "--valid", str(folder / "val.jsonl")]

@@ -29,12 +29,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_accuracy import DATA_DIR, TASK_FILES, train_rows
 from bench_common import machine
 
 from prge_gguf.lora import TARGETS
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-SUPERGLUE = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500
 MIN_WORDS = 10  # SST-2 tuning rows: sentences of at least this many words
 
@@ -70,9 +69,9 @@ def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
     flags = ["--task", task, "--data", str(paths["train"]), "--valid", str(paths["valid"])]
     if all(p.exists() for p in paths.values()):
         return flags
-    lines = (data_dir / "superglue" / SUPERGLUE[task] / "train.jsonl").read_text().splitlines()
-    bench_rows = random.Random(0).sample(lines, min(1000, len(lines)))  # bench_accuracy's training rows
-    spare = [line for line in lines if line not in set(bench_rows)]
+    lines, bench_rows = train_rows(task, data_dir)
+    used = set(bench_rows)
+    spare = [line for line in lines if line not in used]
     if len(spare) >= TUNE_ROWS:
         train, valid = bench_rows, random.Random(1).sample(spare, TUNE_ROWS)
     else:
@@ -131,7 +130,7 @@ def _table(results: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=["sst2", *SUPERGLUE])
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=["sst2", *TASK_FILES])
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="folder of sst2/train.tsv and superglue/<TASK>/train.jsonl (training data only)")
     p.add_argument("--model")
