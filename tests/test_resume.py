@@ -14,9 +14,9 @@ from prge_gguf.cli import main
 pytestmark = pytest.mark.slow
 
 
-def _train_cmd(out, valid):
+def _train_cmd(out, valid, optimizer="zo", lr="1e-2"):
     return [sys.executable, "-m", "prge_gguf", "train", "--task", "sst2", "--valid", str(valid),
-            "--steps", "8", "--batch-size", "4", "--targets", "attn_v", "--lr", "1e-2",
+            "--steps", "8", "--batch-size", "4", "--targets", "attn_v", "--lr", lr, "--optimizer", optimizer,
             "--checkpoint-every", "2", "--eval-every", "0", "--threads", "2", "--out", str(out)]
 
 
@@ -27,13 +27,16 @@ def _steps(out):
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
+# zo-momentum carries state from step to step (its momentum, saved with each checkpoint).
+@pytest.mark.parametrize("optimizer, lr", [("zo", "1e-2"), ("zo-momentum", "1e-3")])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, optimizer, lr):
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "a joy to watch", "label": 1}\n{"text": "tedious", "label": 0}\n')
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_train_cmd(whole, valid), check=True, capture_output=True)
+    subprocess.run(_train_cmd(whole, valid, optimizer, lr), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(killed, valid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(killed, valid, optimizer, lr), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(_steps(killed)) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -42,6 +45,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     state = json.loads((killed / "checkpoint.json").read_text())
     assert 2 <= state["step"] < 8
+    assert ("optimizer" in state) == (optimizer == "zo-momentum")
 
     assert main(["train", "--resume", str(killed), "--threads", "2"]) == 0
     assert (killed / "adapter.gguf").read_bytes() == (whole / "adapter.gguf").read_bytes()
