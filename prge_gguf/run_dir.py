@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -175,8 +176,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _tensorboard_writer(logdir: Path):
     """A tensorboardX SummaryWriter when that optional package is installed, else None."""
+    # tensorboardX imports torch if it can (~170 MB of RSS, for tensor inputs we never pass):
+    # a None entry in sys.modules makes that `import torch` fail, unless torch is already in.
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
+    finally:
+        if hide_torch:
+            del sys.modules["torch"]
     return SummaryWriter(str(logdir))
