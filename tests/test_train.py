@@ -129,3 +129,18 @@ def test_data_folder_with_train_valid_test_splits(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--data", str(folder), *words, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 1  # eval reads test.jsonl
+
+
+def test_cli_training_leaves_torch_unloaded(tmp_path):
+    # Installed torch (the torch extra) must not ride in with tensorboardX: ~170 MB of RSS.
+    import subprocess
+    import sys
+
+    (tmp_path / "v.tsv").write_text("text\tlabel\na masterpiece\t1\n")
+    args = ["train", "--task", "sst2", "--steps", "1", "--batch-size", "2",
+            "--valid", str(tmp_path / "v.tsv"), "--out", str(tmp_path / "run")]
+    script = (f"import sys; from prge_gguf.cli import main; assert main({args!r}) == 0; "
+              "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False"
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
