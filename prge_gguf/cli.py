@@ -14,6 +14,9 @@ from prge_gguf.errors import PrgeError
 from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
 
+# The context of eval and generate, the most train sizes its own to, and the longest sequence
+# allowed unless --max-seq-len or --n-ctx say otherwise.
+MAX_N_CTX = 1024
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "train_a", "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every",
               "early_stop")
@@ -28,8 +31,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="llama: llama.cpp on the quantized GGUF (default); torch: the same GGUF "
                         "dequantized in transformers (reference; needs the torch extra)")
     p.add_argument("--device", help="torch engine device: cpu (default), cuda, mps")
-    p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default 1024)")
-    p.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: --n-ctx)")
+    p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default: train fits it to "
+                                             "a typical batch, at most 1024; other commands 1024)")
+    p.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: --n-ctx, or 1024)")
     p.add_argument("--truncate", action="store_true", default=None,
                    help="cut longer sequences (with a count) instead of stopping with an error")
 
@@ -131,11 +135,11 @@ def _open_engine(args: argparse.Namespace):
     if args.engine == "torch":
         from prge_gguf.engine.torch_engine import TorchEngine
 
-        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=args.n_ctx,
+        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=args.n_ctx or MAX_N_CTX,
                            threads=args.threads)
     from prge_gguf.engine.llama import LlamaEngine
 
-    return LlamaEngine(_model_path(args.model), n_ctx=args.n_ctx, threads=args.threads,
+    return LlamaEngine(_model_path(args.model), n_ctx=args.n_ctx or MAX_N_CTX, threads=args.threads,
                        n_gpu_layers=args.n_gpu_layers)
 
 
@@ -180,7 +184,7 @@ def _datasets(args: argparse.Namespace):
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
                 "truncate", "engine")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-_DEFAULTS = {"n_ctx": 1024, "n_gpu_layers": 0, "template": "{text}", "max_tokens": 64,
+_DEFAULTS = {"n_gpu_layers": 0, "template": "{text}", "max_tokens": 64,
              "engine": "llama", "device": "cpu"}
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers", "device")
 
@@ -190,9 +194,10 @@ def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
     from prge_gguf.data import fit_length
     from prge_gguf.tasks import tokenize
 
-    max_len = args.max_seq_len or args.n_ctx
-    if max_len > args.n_ctx:
-        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {args.n_ctx}")
+    n_ctx = args.n_ctx or MAX_N_CTX
+    max_len = args.max_seq_len or n_ctx
+    if max_len > n_ctx:
+        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {n_ctx}")
     out, cut = [], 0
     for ex in examples:
         tok = tokenize(engine, ex)
@@ -234,6 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_as(workers, args: argparse.Namespace) -> int:
     """`prge-gguf train` on one rank (of one, or of a distributed job); rank 0 writes the run."""
+    from prge_gguf.data import decode_size
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
@@ -267,6 +273,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             _check_base(adapter, engine.header, args.resume)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
+        if not args.n_ctx:  # before the first decode: the KV cache is sized by it
+            engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, MAX_N_CTX))
         if run is None:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
             record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,

@@ -158,6 +158,20 @@ def tokenize_example(engine: Engine, ex: Example) -> TokenizedExample:
     return TokenizedExample(tuple(requests), tuple(owners), len(opts), ex.label, place=ex.place)
 
 
+def decode_size(train: Sequence[TokenizedExample], held_out: Sequence[TokenizedExample],
+                batch_size: int, cap: int) -> int:
+    """Tokens per decode (the context size) for training on `train`: a typical batch of
+    `batch_size` examples with a quarter to spare, in steps of 64, at most `cap`, and never
+    less than the longest sequence. A larger batch is scored in two decodes; a smaller context
+    is a smaller KV cache and compute buffer (llama.cpp sizes both by it)."""
+    examples = [*train, *held_out]
+    if not examples:
+        return cap
+    longest = max(ex.longest for ex in examples)
+    typical = 1.25 * batch_size * float(np.mean([ex.n_tokens for ex in train or held_out]))
+    return max(longest, min(cap, 64 * int(np.ceil(typical / 64))))
+
+
 def fit_length(ex: TokenizedExample, max_len: int) -> TokenizedExample:
     """`ex` with every sequence cut to `max_len` tokens. Language modelling keeps the start
     (scores past the cut are dropped); a choice keeps the end of its context, where the

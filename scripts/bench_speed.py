@@ -13,7 +13,8 @@ processes alternate over `--repeats` rounds, and each reports the median of its 
   context of two threads.
 - torch zo: the torch engine's P-RGE step (fp32, all 2q perturbations in one forward).
 - torch fo: a first-order LoRA step (backprop through the fp32 model).
-Adapters: LoRA-FA rank 8 on the default targets (attn_q, attn_v); variants ending in -all7 put it on all
+Contexts are sized as `prge-gguf train` sizes them (`data.decode_size`: a typical batch, here 320
+tokens). Adapters: LoRA-FA rank 8 on the default targets (attn_q, attn_v); variants ending in -all7 put it on all
 seven projections (the first-order baseline of bench/accuracy.md trains those).
 Models: the shipped SmolLM2-135M-Instruct Q4_1; the same re-quantized by llama.cpp's
 `llama_model_quantize` (allow_requantize: a Q4_1 source, labelled as such) to Q8_0, Q4_0 and
@@ -54,6 +55,17 @@ def _batches(engine, steps: int):
     return out
 
 
+def _fit_context(engine) -> None:
+    """The context `prge-gguf train --task sst2` sizes from its data (train and dev sets)."""
+    from prge_gguf.cli import MAX_N_CTX
+    from prge_gguf.data import decode_size
+    from prge_gguf.tasks import builtin_task, tokenize
+
+    task = builtin_task("sst2")
+    train, dev = ([tokenize(engine, ex) for ex in task.examples(f)] for f in (task.train_file, task.dev_file))
+    engine.set_context(decode_size(train, dev, BATCH, MAX_N_CTX))
+
+
 def _adapter(engine, all_targets: bool):
     """LoRA-FA rank 8 on the default targets (attn_q, attn_v), or on all seven projections."""
     from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, init_lora_fa
@@ -73,6 +85,8 @@ class TwoContexts:
         from prge_gguf.engine.llama import LlamaEngine
 
         self.engines = [LlamaEngine(model, threads=1) for _ in range(2)]
+        for engine in self.engines:
+            _fit_context(engine)
         self.header = self.engines[0].header
         self.pool = ThreadPoolExecutor(2)
 
@@ -103,6 +117,7 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
         from prge_gguf.engine.llama import LlamaEngine
 
         engine = LlamaEngine(model, threads=threads)
+        _fit_context(engine)
         batches, adapter = _batches(engine, steps + 1), _adapter(engine, all_targets)
         for step, batch in enumerate(batches):
             requests = [r for ex in batch for r in ex.requests]

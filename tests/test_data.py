@@ -6,6 +6,7 @@ import pytest
 from prge_gguf.data import (
     Example,
     TokenizedExample,
+    decode_size,
     example_loss,
     fit_length,
     option_scores,
@@ -97,3 +98,20 @@ def test_fit_length_cuts_language_modelling_scores_past_the_end():
     cut = fit_length(ex, 6)
     assert cut.requests[0].tokens == tuple(range(6))
     assert cut.requests[0].positions == (2, 3, 4) and cut.n_scored == 3
+
+
+def _examples_of_lengths(*lengths):
+    from prge_gguf.engine import ScoreRequest
+
+    return [TokenizedExample((ScoreRequest(tuple(range(n)), (n - 1,), ((0, 1),)),), (((0, 1),),), 2, 0)
+            for n in lengths]
+
+
+def test_decode_size_fits_a_typical_batch_the_longest_sequence_and_the_cap():
+    short = _examples_of_lengths(10, 14, 12, 12)  # mean 12: 1.25 * 16 * 12 = 240 -> 256
+    assert decode_size(short, [], 16, 1024) == 256
+    assert decode_size(short, [], 64, 1024) == 960
+    assert decode_size(short, [], 128, 1024) == 1024  # capped
+    assert decode_size(short, _examples_of_lengths(300), 16, 1024) == 300  # a held-out sequence
+    assert decode_size(_examples_of_lengths(2000), [], 1, 1024) == 2000  # never below the longest
+    assert decode_size([], [], 16, 1024) == 1024

@@ -48,6 +48,25 @@ def test_batched_scoring_equals_one_sequence_at_a_time(engine):
         np.testing.assert_allclose(joint[0], alone[0], atol=2e-4)
 
 
+def test_a_smaller_context_packs_fewer_sequences_per_decode_and_refuses_longer_ones(engine):
+    from prge_gguf.errors import PrgeError
+
+    adapter = _random_b(init_lora_fa(engine.header, ["attn_v"], 4, 8, seed=2))
+    reqs = _full_requests(engine, TEXTS * 4)  # 12 sequences, ~120 tokens: one decode at 1024
+    before = engine.score(reqs, [(adapter, 1.0)])
+    engine.timings.clear()
+    try:
+        engine.set_context(32)
+        after = engine.score(reqs, [(adapter, 1.0)])
+        with pytest.raises(PrgeError, match="does not fit the context of 32 tokens"):
+            engine.score(_full_requests(engine, [" ".join(TEXTS * 3)]), [])
+    finally:
+        engine.set_context(1024)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(a[0], b[0], atol=2e-4)
+    assert engine.timings["decode"] > 0
+
+
 def test_exported_adapter_gives_same_logits_in_llama_cpp_python(engine, model_path, tmp_path):
     check_llama_cpp_python_reload(engine, model_path, tmp_path)
 

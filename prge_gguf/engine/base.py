@@ -47,6 +47,10 @@ class Engine(Protocol):
     def special_tokens(self) -> dict[str, str]:
         """`bos_token` and `eos_token` texts, for chat templates."""
 
+    def set_context(self, n_ctx: int) -> None:
+        """Score at most `n_ctx` tokens per decode from now on: the longest sequence, and the
+        most tokens packed together (llama.cpp sizes its KV cache and buffers by it)."""
+
     def score(
         self, requests: Sequence[ScoreRequest], adapters: AdapterSet
     ) -> list[list[np.ndarray]]:

@@ -2,7 +2,9 @@
 
 Lifetimes: the engine owns one model, one context and one batch; adapters it
 loads are freed when evicted from its small cache, and everything is freed
-context-first in `close()`. Return codes become PrgeError with their meaning.
+context-first in `close()`. The context is made at the first decode, so that
+`set_context` can size it from the tokenized data before its memory is taken.
+Return codes become PrgeError with their meaning.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class LlamaEngine:
         self._batch: ll.llama_batch | None = None
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
+        self._threads = threads or min(os.cpu_count() or 1, 8)
         # Seconds spent in llama_decode, in adapter swaps (write, load, set) and in turning
         # logits into log-probs: what scripts/bench_speed.py splits a step into.
         self.timings: Counter[str] = Counter()
@@ -90,21 +93,43 @@ class LlamaEngine:
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self._add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
 
+    # -- context ------------------------------------------------------------------------------
+    def set_context(self, n_ctx: int) -> None:
+        """Decode at most `n_ctx` tokens at a time from now on (a new context, made when needed)."""
+        if n_ctx != self.n_ctx:
+            self._free_context()
+            self.n_ctx = n_ctx
+
+    def _seqs_per_decode(self) -> int:
+        # llama.cpp refuses more sequences than context cells (an assertion, not an error code).
+        return min(self.n_seq_max, self.n_ctx)
+
+    def _context(self) -> ll.llama_context_p:
+        if self._ctx:
+            return self._ctx
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
-        cparams.n_seq_max = n_seq_max
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = self.n_ctx
+        cparams.n_seq_max = self._seqs_per_decode()
         cparams.kv_unified = True
         # Off, as in llama-cpp-python's Llama(): with "auto" the CPU flash-attention path moved
         # SmolLM2's log-probs by up to 0.6 nats against it (measured 2026-11-25).
         cparams.flash_attn_type = _FLASH_ATTN_DISABLED
         cparams.no_perf = True
-        n_threads = threads or min(os.cpu_count() or 1, 8)
-        cparams.n_threads = cparams.n_threads_batch = n_threads
+        cparams.n_threads = cparams.n_threads_batch = self._threads
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
-            self.close()
-            raise PrgeError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
-        self._batch = ll.llama_batch_init(n_ctx, 0, 1)
+            raise PrgeError(f"llama.cpp could not create a context of {self.n_ctx} tokens (out of memory?)")
+        self._batch = ll.llama_batch_init(self.n_ctx, 0, 1)
+        return self._ctx
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        self._active = ()  # adapters are set per context
 
     # -- text ---------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -163,7 +188,7 @@ class LlamaEngine:
         handles = [self._load_adapter(a) for a, _ in adapters]
         arr = (ll.llama_adapter_lora_p_ctypes * max(1, len(handles)))(*handles)
         scales = (ctypes.c_float * max(1, len(handles)))(*(s for _, s in wanted))
-        rc = ll.llama_set_adapters_lora(self._ctx, arr if handles else None, len(handles), scales)
+        rc = ll.llama_set_adapters_lora(self._context(), arr if handles else None, len(handles), scales)
         if rc != 0:
             raise PrgeError(f"llama_set_adapters_lora failed (code {rc})")
         self._active = wanted
@@ -190,7 +215,7 @@ class LlamaEngine:
                     f"a sequence of {req.n_tokens} tokens does not fit the context of {self.n_ctx} "
                     f"tokens (raise --n-ctx or shorten the example)"
                 )
-            if group and (n_tokens + req.n_tokens > self.n_ctx or len(group) == self.n_seq_max):
+            if group and (n_tokens + req.n_tokens > self.n_ctx or len(group) == self._seqs_per_decode()):
                 results.extend(self._decode(group))
                 group, n_tokens = [], 0
             group.append(req)
@@ -218,6 +243,7 @@ class LlamaEngine:
 
     def _run(self, entries: list[tuple[int, int, int, bool]], clear: bool) -> None:
         """One llama_decode of (sequence, position, token, wants logits) entries."""
+        ctx = self._context()
         batch = self._batch
         for i, (seq, pos, tok, wants) in enumerate(entries):
             batch.token[i] = tok
@@ -227,9 +253,9 @@ class LlamaEngine:
             batch.logits[i] = wants
         batch.n_tokens = len(entries)
         if clear:
-            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+            ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
         t0 = time.perf_counter()
-        rc = ll.llama_decode(self._ctx, batch)
+        rc = ll.llama_decode(ctx, batch)
         self.timings["decode"] += time.perf_counter() - t0
         if rc != 0:
             raise PrgeError(f"llama_decode failed: {_DECODE_ERRORS.get(rc, f'fatal error {rc}')}")
@@ -266,12 +292,7 @@ class LlamaEngine:
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free batch, context (before the model), adapters, model."""
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
+        self._free_context()
         for handle in self._adapters.values():
             ll.llama_adapter_lora_free(handle)
         self._adapters.clear()

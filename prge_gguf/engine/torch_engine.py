@@ -95,6 +95,10 @@ class TorchEngine:
         """`bos_token` and `eos_token` texts of the Hugging Face tokenizer."""
         return {"bos_token": self._tokenizer.bos_token or "", "eos_token": self._tokenizer.eos_token or ""}
 
+    def set_context(self, n_ctx: int) -> None:
+        """Record the bound (torch pads each batch to its longest sequence; nothing is sized by it)."""
+        self.n_ctx = n_ctx
+
     def _b_rows(self, name: str, b: np.ndarray, back: bool = False) -> np.ndarray:
         """B rows in transformers' order (or, `back`, in the GGUF order again)."""
         return lora_b_rows(b, TARGET_NAME.match(name).group(2), self.header.architecture,
