@@ -40,7 +40,7 @@ class TrainConfig:
     steps: int = 500
     batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1
     q: int = 1  # queries (random directions) per step
-    eps: float = 1e-2  # perturbation size
+    eps: float = 5e-2  # perturbation size: above llama.cpp's numeric noise in the loss (bench/NOTES.md)
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
