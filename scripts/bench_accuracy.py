@@ -24,6 +24,7 @@ import json
 import platform
 import random
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -97,12 +98,13 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     engine = "torch" if "torch" in METHODS[method] else "llama"
     base = ["train", *data_args(task, work), "--model", model, *METHODS[method], *EXTRA[engine],
             "--seed", str(seed), "--checkpoint-every", "0"]
-    probe = work / f"probe-{task}-{label}-{method}-{seed}"
+    probe, run = (work / f"{kind}-{task}-{label}-{method}-{seed}" for kind in ("probe", "run"))
+    for stale in (probe, run):  # from a row stopped midway (only finished rows are kept)
+        shutil.rmtree(stale, ignore_errors=True)
     cli([*base, "--steps", "4", "--eval-every", "0", "--valid", str(_one_example(task, work)),
          "--out", str(probe)], threads)
     step_s = statistics.median(r["step_s"] for r in _rows(probe) if "loss" in r)
     steps = max(1, int(budget_s / step_s))
-    run = work / f"run-{task}-{label}-{method}-{seed}"
     _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
                   "--eval-size", "100", "--out", str(run)], threads)
     rows = _rows(run)

@@ -1,21 +1,14 @@
 #!/bin/bash
 # Accuracy rows on the lent GPU machine: scripts/bench_accuracy.py with CUDA llama.cpp and torch.
-#   scripts/device/accuracy.sh MODEL SECONDS JOBS "TASKS" "SEEDS" [CHUNK_DIR...]
-# MODEL is smollm2-135m or gemma3-270m: its chunks (stashed by stash.sh, or in CHUNK_DIRs) are
-# joined into /root/MODEL.gguf and checked against models.sha256. The bench stops after SECONDS;
-# its rows stay in /root/work-MODEL, so a later call on the same machine goes on from them
+#   CHUNKS=DIR scripts/device/accuracy.sh MODEL SECONDS JOBS "TASKS" "SEEDS"
+# MODEL is smollm2-135m or gemma3-270m (joined by model.sh from $CHUNKS). The bench stops after SECONDS;
+# its rows stay in /root/work-NAME, so a later call on the same machine goes on from them
 # (SEED_ROWS=FILE starts a fresh machine from rows fetched earlier). Env: BMIN (training
 # minutes per row, default 1), METHODS, NAME (output name, default accuracy-MODEL).
 # SuperGLUE data comes from carry-acc/p2/superglue (a copy of ../shared/data/superglue).
-MODEL=$1; LIMIT=$2; JOBS=$3; TASKS=$4; SEEDS=$5; shift 5
-HERE=$(dirname "$0")
-export LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libstdc++.so.6 PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1
-if [ ! -f /root/$MODEL.gguf ]; then  # chunks in the order of their last suffix, wherever they lie
-  chunks=(/root/stash/$MODEL.gguf.*); for dir in "$@"; do chunks+=("$dir"/$MODEL.gguf.*); done
-  cat $(printf '%s\n' "${chunks[@]}" | awk -F. '{print $NF, $0}' | sort -n | cut -d' ' -f2) > /root/$MODEL.gguf
-fi
-(cd /root && grep " $MODEL.gguf\$" $OLDPWD/$HERE/models.sha256 | sha256sum -c) || exit 3
-W=/root/work-$MODEL; mkdir -p $W
+MODEL=$1; LIMIT=$2; JOBS=$3; TASKS=$4; SEEDS=$5
+. scripts/device/model.sh "$MODEL"
+W=/root/work-${NAME:-accuracy-$MODEL}; mkdir -p $W
 [ -n "$SEED_ROWS" ] && [ ! -s $W/rows.jsonl ] && cp "$SEED_ROWS" $W/rows.jsonl
 ARGS=(--models $MODEL=/root/$MODEL.gguf --tasks $TASKS --seeds $SEEDS --budget-min ${BMIN:-1}
       ${METHODS:+--methods $METHODS} --threads 2 --jobs $JOBS --llama-args "--n-gpu-layers -1"
