@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import shlex
@@ -28,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,8 +69,16 @@ def data_args(task: str, work: Path) -> list[str]:
     _, sample = train_rows(task, DATA_DIR)
     folder = DATA_DIR / "superglue" / TASK_FILES[task]
     train = work / f"{task}-train.jsonl"
-    train.write_text("\n".join(sample) + "\n")
+    _write_whole(train, sample)
     return ["--task", task, "--data", str(train), "--valid", str(folder / "val.jsonl")]
+
+
+def _write_whole(path: Path, lines: list[str]) -> None:
+    """Write `lines` to `path` by rename: rows running at once rewrite the same file, and a
+    plain write let one of them read it empty."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def cli(args: list[str], threads: int) -> tuple[str, float]:
@@ -128,7 +138,7 @@ def _one_example(task: str, work: Path) -> Path:
     else:
         lines = source.read_text().splitlines()[:1]
         path = path.with_suffix(".jsonl")
-    path.write_text("\n".join(lines) + "\n")
+    _write_whole(path, lines)
     return path
 
 
