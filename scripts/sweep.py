@@ -85,7 +85,7 @@ def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
 
 def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: argparse.Namespace) -> dict:
     """One training run; its held-out evaluations, read back from metrics.jsonl (also when the
-    job was stopped at --job-timeout)."""
+    job was stopped at --job-timeout or at the sweep's --time-limit)."""
     out = Path(args.out) / f"job{i:03d}"
     cmd = [sys.executable, "-m", "prge_gguf", "train", *data, "--steps", str(args.steps),
            "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
@@ -100,13 +100,14 @@ def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: arg
     # Its own process group, so a stop also ends what the job started (which would hold the pipe).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    timeout = min(args.job_timeout or float("inf"), args.deadline - time.monotonic())
     try:
-        _, stderr = proc.communicate(timeout=args.job_timeout)
+        _, stderr = proc.communicate(timeout=max(timeout, 0.0))
         returncode, error = proc.returncode, stderr[-500:] if proc.returncode else ""
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        returncode, error = None, f"stopped after {args.job_timeout} s"
+        returncode, error = None, f"stopped after {time.perf_counter() - t0:.0f} s"
     metrics = out / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     evals = [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_accuracy" in r]
@@ -142,10 +143,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--extra", default="", help="flags for every job, e.g. '--engine torch --device cuda'")
     p.add_argument("--job-timeout", type=float, help="stop a job after this many seconds (evals kept)")
+    p.add_argument("--time-limit", type=float, default=float("inf"),
+                   help="stop every job this many seconds after the sweep starts, and write the table")
     p.add_argument("--splits", type=Path, help="folder of the tuning-split files (default OUT/data); "
                    "files already there are used as they are")
     p.add_argument("--out", default="bench/sweep")
     args = p.parse_args()
+    args.deadline = time.monotonic() + args.time_limit
     grid = [flags for spec in args.grid for flags in parse_grid(spec)]
     out = Path(args.out)
     data = {task: tuning_split(task, args.data_dir, args.splits or out / "data") for task in args.tasks}

@@ -8,8 +8,8 @@ MODEL=$1; LIMIT=$2; PAR=$3; TASKS=$4; FLAGS=$5; shift 5
 . scripts/device/model.sh "$MODEL"
 GRIDS=(); for g in "$@"; do GRIDS+=(--grid "$g"); done
 OUTDIR=/root/sweep-$$
-(cd scripts && timeout $LIMIT python3 sweep.py --tasks $TASKS --model /root/$MODEL.gguf \
+(cd scripts && python3 sweep.py --tasks $TASKS --model /root/$MODEL.gguf \
   --splits ../carry-acc/p2/tune --steps ${STEPS:-400} --eval-every ${EVERY:-100} --eval-size 500 \
-  --parallel $PAR --threads 1 --extra "$FLAGS" --job-timeout $((LIMIT - 40)) --out $OUTDIR "${GRIDS[@]}") \
+  --parallel $PAR --threads 1 --extra "$FLAGS" --time-limit $((LIMIT - 20)) --out $OUTDIR "${GRIDS[@]}") \
   > $OUT/sweep.log 2>&1
 echo "sweep rc $?"; cp $OUTDIR/sweep.json $OUTDIR/sweep.md $OUT/; cat $OUT/sweep.md
