@@ -132,14 +132,14 @@ def _model_path(arg: str | None) -> Path:
 
 
 def _open_engine(args: argparse.Namespace):
+    n_ctx = args.n_ctx or MAX_N_CTX
     if args.engine == "torch":
         from prge_gguf.engine.torch_engine import TorchEngine
 
-        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=args.n_ctx or MAX_N_CTX,
-                           threads=args.threads)
+        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=n_ctx, threads=args.threads)
     from prge_gguf.engine.llama import LlamaEngine
 
-    return LlamaEngine(_model_path(args.model), n_ctx=args.n_ctx or MAX_N_CTX, threads=args.threads,
+    return LlamaEngine(_model_path(args.model), n_ctx=n_ctx, threads=args.threads,
                        n_gpu_layers=args.n_gpu_layers)
 
 
@@ -194,10 +194,9 @@ def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
     from prge_gguf.data import fit_length
     from prge_gguf.tasks import tokenize
 
-    n_ctx = args.n_ctx or MAX_N_CTX
-    max_len = args.max_seq_len or n_ctx
-    if max_len > n_ctx:
-        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {n_ctx}")
+    max_len = args.max_seq_len or engine.n_ctx
+    if max_len > engine.n_ctx:
+        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {engine.n_ctx}")
     out, cut = [], 0
     for ex in examples:
         tok = tokenize(engine, ex)
