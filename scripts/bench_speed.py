@@ -55,7 +55,7 @@ def _batches(engine, steps: int):
     return out
 
 
-def _fit_context(engine) -> None:
+def _train_context(engine) -> int:
     """The context `prge-gguf train --task sst2` sizes from its data (train and dev sets)."""
     from prge_gguf.cli import MAX_N_CTX
     from prge_gguf.data import decode_size
@@ -63,7 +63,7 @@ def _fit_context(engine) -> None:
 
     task = builtin_task("sst2")
     train, dev = ([tokenize(engine, ex) for ex in task.examples(f)] for f in (task.train_file, task.dev_file))
-    engine.set_context(decode_size(train, dev, BATCH, MAX_N_CTX))
+    return decode_size(train, dev, BATCH, MAX_N_CTX)
 
 
 def _adapter(engine, all_targets: bool):
@@ -85,8 +85,9 @@ class TwoContexts:
         from prge_gguf.engine.llama import LlamaEngine
 
         self.engines = [LlamaEngine(model, threads=1) for _ in range(2)]
+        n_ctx = _train_context(self.engines[0])
         for engine in self.engines:
-            _fit_context(engine)
+            engine.set_context(n_ctx)
         self.header = self.engines[0].header
         self.pool = ThreadPoolExecutor(2)
 
@@ -117,7 +118,7 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
         from prge_gguf.engine.llama import LlamaEngine
 
         engine = LlamaEngine(model, threads=threads)
-        _fit_context(engine)
+        engine.set_context(_train_context(engine))
         batches, adapter = _batches(engine, steps + 1), _adapter(engine, all_targets)
         for step, batch in enumerate(batches):
             requests = [r for ex in batch for r in ex.requests]
