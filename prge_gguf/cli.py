@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
 # The context of eval and generate, the most train sizes its own to, and the longest sequence
 # allowed unless --max-seq-len or --n-ctx say otherwise.
 MAX_N_CTX = 1024
+DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "train_a", "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every",
               "early_stop")
@@ -44,8 +46,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                   "[...] with 'label' an index), or TSV with a header; with --task, "
                                   "that task's fields")
     p.add_argument("--valid", help="held-out data (same format; with --task it replaces the task's dev set)")
-    p.add_argument("--template", help="prompt template over record fields (default '{text}')")
-    p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space)")
+    p.add_argument("--template", help="prompt template over record fields (default '{text}'; with "
+                                      "--task, replaces the task's)")
+    p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space; "
+                                         "with --task, replaces the task's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,15 +148,20 @@ def _open_engine(args: argparse.Namespace):
 
 
 def _task(args: argparse.Namespace):
-    """The built-in task of --task, or one made of --template and --label-words."""
+    """The built-in task of --task, or one made of --template and --label-words; either flag
+    given with --task replaces that part of the task."""
     from prge_gguf.data import parse_label_words
     from prge_gguf.tasks import Task, builtin_task
 
     if not (args.task or args.data):
         raise PrgeError("pass --task NAME or --data FILE")
-    if args.task:
-        return builtin_task(args.task)
-    return Task("custom", args.template, parse_label_words(args.label_words) if args.label_words else None)
+    label_words = parse_label_words(args.label_words) if args.label_words else None
+    if not args.task:
+        return Task("custom", args.template or DEFAULT_TEMPLATE, label_words)
+    task = builtin_task(args.task)
+    if args.template:
+        task = dataclasses.replace(task, template=args.template)
+    return dataclasses.replace(task, label_words=label_words) if label_words else task
 
 
 def _data_files(args: argparse.Namespace, task) -> dict[str, Path | None]:
@@ -184,7 +193,7 @@ def _datasets(args: argparse.Namespace):
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
                 "truncate", "engine")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-_DEFAULTS = {"n_gpu_layers": 0, "template": "{text}", "max_tokens": 64,
+_DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64,
              "engine": "llama", "device": "cpu"}
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers", "device")
 

@@ -54,3 +54,15 @@ def test_multi_token_options_score_and_train(engine, tmp_path):
 def test_task_without_data_needs_data(capsys):
     assert main(["eval", "--task", "rte"]) == 2
     assert capsys.readouterr().err.strip() == "error: --task rte ships no data: pass --data FILE to evaluate"
+
+
+def test_template_and_label_words_replace_the_tasks():
+    from prge_gguf.cli import _task, build_parser
+
+    args = build_parser().parse_args(["eval", "--task", "sst2", "--template", "Review: {text}\nSentiment:",
+                                      "--label-words", "0=negative,1=positive"])
+    task = _task(args)
+    assert task.template == "Review: {text}\nSentiment:"
+    assert task.label_words == {"0": "negative", "1": "positive"}
+    assert task.train_file == builtin_task("sst2").train_file  # the task's data stays
+    assert _task(build_parser().parse_args(["eval", "--task", "sst2"])) == builtin_task("sst2")
