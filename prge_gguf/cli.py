@@ -46,8 +46,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                   "[...] with 'label' an index), or TSV with a header; with --task, "
                                   "that task's fields")
     p.add_argument("--valid", help="held-out data (same format; with --task it replaces the task's dev set)")
-    p.add_argument("--template", help="prompt template over record fields (default '{text}'; with "
-                                      "--task, replaces the task's)")
+    p.add_argument("--template", help="prompt template over record fields, \\n for a newline (default "
+                                      "'{text}'; with --task, replaces the task's)")
     p.add_argument("--label-words", help="label words, e.g. '0=terrible,1=great' (joined with a space; "
                                          "with --task, replaces the task's)")
 
@@ -150,17 +150,18 @@ def _open_engine(args: argparse.Namespace):
 def _task(args: argparse.Namespace):
     """The built-in task of --task, or one made of --template and --label-words; either flag
     given with --task replaces that part of the task."""
-    from prge_gguf.data import parse_label_words
+    from prge_gguf.data import parse_label_words, unescape_template
     from prge_gguf.tasks import Task, builtin_task
 
     if not (args.task or args.data):
         raise PrgeError("pass --task NAME or --data FILE")
     label_words = parse_label_words(args.label_words) if args.label_words else None
+    template = unescape_template(args.template) if args.template else None
     if not args.task:
-        return Task("custom", args.template or DEFAULT_TEMPLATE, label_words)
+        return Task("custom", template or DEFAULT_TEMPLATE, label_words)
     task = builtin_task(args.task)
-    if args.template:
-        task = dataclasses.replace(task, template=args.template)
+    if template:
+        task = dataclasses.replace(task, template=template)
     return dataclasses.replace(task, label_words=label_words) if label_words else task
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,15 @@ def parse_label_words(spec: str) -> dict[str, str]:
             raise PrgeError(f"--label-words: empty label or word in '{item}' (expected label=word)")
         words[label.strip()] = word.strip()
     return words
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape_template(template: str) -> str:
+    """`\\n`, `\\t` and `\\\\` typed in a template become newline, tab and backslash (as llama.cpp
+    reads its prompts), so a shell argument can hold a multi-line template."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], template)
 
 
 def _fields(template: str) -> list[str]:

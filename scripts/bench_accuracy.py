@@ -33,7 +33,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import machine, write_outputs
+from bench_common import GpuSlots, machine, write_outputs
 
 from prge_gguf.lora import TARGETS
 
@@ -54,6 +54,8 @@ _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common 
 
 # Extra flags for every command, by engine (--llama-args, --torch-args); the data folder (--data-dir).
 EXTRA: dict[str, list[str]] = {"llama": [], "torch": []}
+# The environment of the row a thread runs (its GPU with --gpus), set for the row's lifetime.
+GPU_ENV = threading.local()
 
 
 def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[str], list[str]]:
@@ -82,9 +84,10 @@ def _write_whole(path: Path, lines: list[str]) -> None:
 
 
 def cli(args: list[str], threads: int) -> tuple[str, float]:
-    """Run `prge-gguf ARGS`; (stdout, peak RSS MiB)."""
+    """Run `prge-gguf ARGS` (on the GPU of this thread's row, see GPU_ENV); (stdout, peak RSS MiB)."""
     proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(Path(__file__).parent), *args, "--threads",
-                           str(threads)], check=True, capture_output=True, text=True)
+                           str(threads)], check=True, capture_output=True, text=True,
+                          env=getattr(GPU_ENV, "env", None))
     lines = proc.stdout.strip().splitlines()
     rss = next(float(line.split()[1]) for line in lines if line.startswith("PEAK_RSS_MIB"))
     return "\n".join(line for line in lines if not line.startswith("PEAK_RSS_MIB")), rss
@@ -200,6 +203,7 @@ def main() -> None:
     p.add_argument("--evals", type=int, default=4, help="evaluations (100 dev examples) during training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with --threads)")
+    p.add_argument("--gpus", type=int, default=0, help="spread the rows run at once over this many GPUs")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="folder holding superglue/{RTE,CB,COPA,WiC}/{train,val}.jsonl")
     p.add_argument("--llama-args", default="", help="extra flags for every llama-engine command, e.g. "
@@ -225,12 +229,15 @@ def main() -> None:
     where = (f"GPU {info['gpu'].split(',')[0]}, " if info["gpu"] else "") + \
         f"CPU {info['cpu']} ({info['cores']} cores)"
 
+    gpus = GpuSlots(args.gpus)
+
     def run(k: tuple) -> dict | None:
         task, label, method, seed = k
         try:
-            result = zero_shot(task, models[label], args.work, args.threads) if method == "zero-shot" else \
-                train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
-                          args.threads, args.evals)
+            with gpus.env() as GPU_ENV.env:
+                result = zero_shot(task, models[label], args.work, args.threads) if method == "zero-shot" \
+                    else train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
+                                   args.threads, args.evals)
         except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
             print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
                   flush=True)
@@ -252,10 +259,11 @@ def main() -> None:
     # Each row names the machine it ran on: a report may gather rows of several runs.
     machines = "; ".join(sorted({r.get("machine", "not recorded") for r in done}))
     write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
-                             "jobs": args.jobs, "extra_args": EXTRA, "models": models, "summary": summary,
-                             "rows": done},
+                             "jobs": args.jobs, "gpus": args.gpus, "extra_args": EXTRA, "models": models,
+                             "summary": summary, "rows": done},
                   table + f"\n\nBudget {args.budget_min:g} min of training per row ({args.jobs} rows "
-                  f"at once, {args.threads} threads each); test sets: SST-2 dev (872), SuperGLUE val; plot: "
+                  f"at once{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); "
+                  "test sets: SST-2 dev (872), SuperGLUE val; plot: "
                   f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
                   f"{info['llama_cpp_python']}, commit {info['git_commit']}."
                   + (f" Extra flags: {extra}." if extra else ""))

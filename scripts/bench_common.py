@@ -7,6 +7,9 @@ import os
 import platform
 import resource
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -61,3 +64,27 @@ def write_outputs(stem: str, result: dict, table: str) -> None:
     path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     path.with_suffix(".md").write_text(table + "\n")
     print(table)
+
+
+class GpuSlots:
+    """Spreads the jobs a benchmark runs at once over `n` GPUs of one machine: each job gets the
+    GPU running the fewest jobs (CUDA_VISIBLE_DEVICES); with n = 0 jobs see the environment as is."""
+
+    def __init__(self, n: int) -> None:
+        self._jobs = [0] * n
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def env(self) -> Iterator[dict[str, str] | None]:
+        """The environment for one job (None: inherit), for as long as the job runs."""
+        if not self._jobs:
+            yield None
+            return
+        with self._lock:
+            gpu = min(range(len(self._jobs)), key=self._jobs.__getitem__)
+            self._jobs[gpu] += 1
+        try:
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+        finally:
+            with self._lock:
+                self._jobs[gpu] -= 1

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_accuracy import DATA_DIR, TASK_FILES, train_rows
-from bench_common import machine
+from bench_common import GpuSlots, machine
 
 from prge_gguf.lora import TARGETS
 
@@ -98,16 +98,17 @@ def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: arg
         cmd += [f"--{key.replace('_', '-')}", value]
     t0 = time.perf_counter()
     # Its own process group, so a stop also ends what the job started (which would hold the pipe).
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    timeout = min(args.job_timeout or float("inf"), args.deadline - time.monotonic())
-    try:
-        _, stderr = proc.communicate(timeout=max(timeout, 0.0))
-        returncode, error = proc.returncode, stderr[-500:] if proc.returncode else ""
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        returncode, error = None, f"stopped after {time.perf_counter() - t0:.0f} s"
+    with args.gpu_slots.env() as env:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=env)
+        timeout = min(args.job_timeout or float("inf"), args.deadline - time.monotonic())
+        try:
+            _, stderr = proc.communicate(timeout=max(timeout, 0.0))
+            returncode, error = proc.returncode, stderr[-500:] if proc.returncode else ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode, error = None, f"stopped after {time.perf_counter() - t0:.0f} s"
     metrics = out / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     evals = [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_accuracy" in r]
@@ -141,6 +142,7 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=200)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gpus", type=int, default=0, help="spread the jobs over this many GPUs")
     p.add_argument("--extra", default="", help="flags for every job, e.g. '--engine torch --device cuda'")
     p.add_argument("--job-timeout", type=float, help="stop a job after this many seconds (evals kept)")
     p.add_argument("--time-limit", type=float, default=float("inf"),
@@ -150,14 +152,15 @@ def main() -> None:
     p.add_argument("--out", default="bench/sweep")
     args = p.parse_args()
     args.deadline = time.monotonic() + args.time_limit
+    args.gpu_slots = GpuSlots(args.gpus)
     grid = [flags for spec in args.grid for flags in parse_grid(spec)]
     out = Path(args.out)
     data = {task: tuning_split(task, args.data_dir, args.splits or out / "data") for task in args.tasks}
     jobs = [(task, flags) for task in args.tasks for flags in grid]
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda k: run_job(k, *jobs[k], data[jobs[k][0]], args), range(len(jobs))))
-    meta = {"machine": machine(), "parallel": args.parallel, "threads": args.threads, "steps": args.steps,
-            "extra": args.extra, "tasks": args.tasks, "tune_rows": TUNE_ROWS}
+    meta = {"machine": machine(), "parallel": args.parallel, "gpus": args.gpus, "threads": args.threads,
+            "steps": args.steps, "extra": args.extra, "tasks": args.tasks, "tune_rows": TUNE_ROWS}
     (out / "sweep.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = _table(results)
     (out / "sweep.md").write_text(table + "\n")

@@ -115,3 +115,11 @@ def test_decode_size_fits_a_typical_batch_the_longest_sequence_and_the_cap():
     assert decode_size(short, _examples_of_lengths(300), 16, 1024) == 300  # a held-out sequence
     assert decode_size(_examples_of_lengths(2000), [], 1, 1024) == 2000  # never below the longest
     assert decode_size([], [], 16, 1024) == 1024
+
+
+def test_template_escapes():
+    from prge_gguf.data import unescape_template
+
+    assert unescape_template(r"Review: {text}\nSentiment:\t") == "Review: {text}\nSentiment:\t"
+    assert unescape_template(r"C:\\new {text}") == r"C:\new {text}"  # \\ keeps a backslash before n
+    assert unescape_template("a\nb") == "a\nb"  # real newlines pass through

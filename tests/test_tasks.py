@@ -59,7 +59,7 @@ def test_task_without_data_needs_data(capsys):
 def test_template_and_label_words_replace_the_tasks():
     from prge_gguf.cli import _task, build_parser
 
-    args = build_parser().parse_args(["eval", "--task", "sst2", "--template", "Review: {text}\nSentiment:",
+    args = build_parser().parse_args(["eval", "--task", "sst2", "--template", r"Review: {text}\nSentiment:",
                                       "--label-words", "0=negative,1=positive"])
     task = _task(args)
     assert task.template == "Review: {text}\nSentiment:"
