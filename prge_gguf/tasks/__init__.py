@@ -55,8 +55,10 @@ def _copa(rec: dict) -> dict:
 
 
 BUILTIN = {
-    # MeZO's SST-2 prompt: "{sentence} It was {terrible|great}".
-    "sst2": Task("sst2", "{text} It was", {"0": "terrible", "1": "great"},
+    # Chosen on a tuning split of SST-2 train (bench/NOTES.md): zero-shot 0.80 there against 0.54
+    # for MeZO's "{sentence} It was {terrible|great}" (--template '{text} It was' --label-words
+    # 0=terrible,1=great).
+    "sst2": Task("sst2", "Review: {text}\nSentiment:", {"0": "negative", "1": "positive"},
                  _DATA / "sst2" / "train.tsv", _DATA / "sst2" / "dev.tsv"),
     "rte": Task("rte", _NLI, {"entailment": "Yes", "not_entailment": "No"}, joiner=""),
     "cb": Task("cb", _NLI, {"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"}, joiner=""),
