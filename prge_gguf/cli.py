@@ -13,7 +13,7 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
-from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
+from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
 # The context of eval and generate, the most train sizes its own to, and the longest sequence
 # allowed unless --max-seq-len or --n-ctx say otherwise.
@@ -41,7 +41,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="built-in task: sst2 (data shipped), rte, cb, copa, wic (bring --data)")
+    p.add_argument("--task", help="built-in task: sst2 (data shipped; sst2-mezo: the same with MeZO's "
+                                  "prompt), rte, cb, copa, wic (bring --data)")
     p.add_argument("--data", help="training data: JSONL of {'text': ..., 'label': ...} (or 'options': "
                                   "[...] with 'label' an index), or TSV with a header; with --task, "
                                   "that task's fields")
@@ -68,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="P-RGE steps")
     tr.add_argument("--batch-size", type=int, help="examples per step")
     tr.add_argument("--q", type=int, help="random directions (queries) per step")
-    tr.add_argument("--eps", type=float, help="perturbation scale")
+    tr.add_argument("--eps", type=float, help="perturbation scale (default 0.05; Gemma 3 models 0.02)")
     tr.add_argument("--lr", type=float, help="learning rate (default by --optimizer: "
-                    + ", ".join(f"{opt} {lr:g}" for opt, lr in DEFAULT_LR.items()) + ")")
+                    + ", ".join(f"{opt} {lr:g}" for opt, lr in DEFAULT_LR.items())
+                    + "; zo and zo-momentum on Gemma 3 models 1/20 of that)")
     tr.add_argument("--lr-schedule", choices=("constant", "linear"), help="learning-rate schedule")
     tr.add_argument("--weight-decay", type=float,
                     help="zo, sgd: L2 (wd * the tensor added to its gradient); adam: decoupled (AdamW)")

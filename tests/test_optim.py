@@ -54,6 +54,15 @@ def test_momentum_steps_match_torch_sgd_with_momentum():
     assert sorted(state) == sorted(f"m/{n}" for n in SHAPES)
 
 
+def test_gemma3_takes_its_own_zeroth_order_defaults():
+    from prge_gguf.optim import architecture_defaults
+
+    assert architecture_defaults("gemma3", "zo") == pytest.approx({"lr": 1e-3, "eps": 2e-2})
+    assert architecture_defaults("gemma3", "zo-momentum") == pytest.approx({"lr": 1e-4, "eps": 2e-2})
+    assert architecture_defaults("gemma3", "zo-adam") == {"eps": 2e-2}  # Adam's steps ignore the scale
+    assert architecture_defaults("gemma3", "adam") == architecture_defaults("llama", "zo") == {}
+
+
 def test_each_optimizer_has_its_default_lr_and_an_explicit_lr_wins():
     assert TrainConfig().lr == DEFAULT_LR["zo"] == 2e-2
     assert TrainConfig(optimizer="adam").lr == DEFAULT_LR["adam"] == 1e-3
