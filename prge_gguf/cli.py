@@ -251,6 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_as(workers, args: argparse.Namespace) -> int:
     """`prge-gguf train` on one rank (of one, or of a distributed job); rank 0 writes the run."""
     from prge_gguf.data import decode_size
+    from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import init_lora_fa
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
@@ -265,7 +266,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if not args.out:
             raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
-        cfg, run, start_step, adapter, optimizer_state = TrainConfig(**overrides), None, 0, None, {}
+        architecture = read_header(_model_path(args.model)).architecture
+        tuned = architecture_defaults(architecture, overrides.get("optimizer", TrainConfig.optimizer))
+        cfg, run, start_step, adapter, optimizer_state = TrainConfig(**tuned | overrides), None, 0, None, {}
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "

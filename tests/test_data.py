@@ -75,8 +75,8 @@ def test_builtin_sst2_ships_its_data():
     task = builtin_task("sst2")
     train, dev = task.examples(task.train_file), task.examples(task.dev_file)
     assert (len(train), len(dev)) == (1000, 872)
-    assert dev[0].options == (" terrible", " great")
-    assert dev[0].context.endswith(" It was") and not dev[0].context.startswith(" ")
+    assert dev[0].options == (" negative", " positive")
+    assert dev[0].context.startswith("Review: ") and dev[0].context.endswith("\nSentiment:")
     assert 0.4 < np.mean([e.label for e in dev]) < 0.6
 
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_minibatch_loss_goes_down_on_real_data(engine, tmp_path):
-    task = builtin_task("sst2")
+    # MeZO's prompt: SmolLM2 gives nearly every row one label, so 12 steps have a loss to lower
+    # (sst2's prompt starts close to its optimum on these rows: bench/NOTES.md).
+    task = builtin_task("sst2-mezo")
     batch = [tokenize_example(engine, e) for e in task.examples(task.train_file)[:8]]
     # Every step sees the same 8 examples, so the minibatch loss is the training objective.
     cfg = TrainConfig(steps=12, batch_size=8, q=2, lr=1e-2, targets=["attn_v", "attn_output"],

@@ -1,6 +1,7 @@
-"""Built-in tasks: prompt templates and label words of the zeroth-order literature (MeZO, P-RGE).
+"""Built-in tasks: prompt templates and label words, mostly of the zeroth-order literature (MeZO,
+P-RGE); sst2's own prompt was chosen on its training data.
 
-Only sst2 ships its data (for the default job); the SuperGLUE tasks (rte, cb,
+Only sst2 (and sst2-mezo, the same data) ships its data (for the default job); the SuperGLUE tasks (rte, cb,
 copa, wic) read the user's files in the SuperGLUE JSONL layout via --data/--valid.
 """
 
@@ -56,10 +57,12 @@ def _copa(rec: dict) -> dict:
 
 BUILTIN = {
     # Chosen on a tuning split of SST-2 train (bench/NOTES.md): zero-shot 0.80 there against 0.54
-    # for MeZO's "{sentence} It was {terrible|great}" (--template '{text} It was' --label-words
-    # 0=terrible,1=great).
+    # for MeZO's prompt, sst2-mezo.
     "sst2": Task("sst2", "Review: {text}\nSentiment:", {"0": "negative", "1": "positive"},
                  _DATA / "sst2" / "train.tsv", _DATA / "sst2" / "dev.tsv"),
+    # MeZO's and P-RGE's SST-2 prompt, "{sentence} It was {terrible|great}", for comparisons with them.
+    "sst2-mezo": Task("sst2-mezo", "{text} It was", {"0": "terrible", "1": "great"},
+                      _DATA / "sst2" / "train.tsv", _DATA / "sst2" / "dev.tsv"),
     "rte": Task("rte", _NLI, {"entailment": "Yes", "not_entailment": "No"}, joiner=""),
     "cb": Task("cb", _NLI, {"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"}, joiner=""),
     "copa": Task("copa", "{premise} {joint}", None, prepare=_copa),
