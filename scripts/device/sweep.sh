@@ -5,13 +5,13 @@
 # Tuning splits come from carry-acc/p2/tune (sweep.py wrote them there: --splits). Env:
 # STEPS (400), EVERY (100), GPUS (spread the jobs over this many GPUs), NAME (output names,
 # default sweep: two sweeps of one call need two; join the model first, `. model.sh MODEL`).
-MODEL=$1; LIMIT=$2; PAR=$3; TASKS=$4; FLAGS=$5; shift 5
+MODEL=$1; LIMIT=$2; PAR=$3; TASKS=$4; FLAGS=$5; NAME=${NAME:-sweep}; shift 5
 . scripts/device/model.sh "$MODEL"
 GRIDS=(); for g in "$@"; do GRIDS+=(--grid "$g"); done
 OUTDIR=/root/sweep-$$
 (cd scripts && python3 sweep.py --tasks $TASKS --model /root/$MODEL.gguf \
   --splits ../carry-acc/p2/tune --steps ${STEPS:-400} --eval-every ${EVERY:-100} --eval-size 500 \
   --parallel $PAR ${GPUS:+--gpus $GPUS} --threads 1 --extra "$FLAGS" --time-limit $((LIMIT - 20)) --out $OUTDIR "${GRIDS[@]}") \
-  > $OUT/${NAME:=sweep}.log 2>&1
+  > $OUT/$NAME.log 2>&1
 echo "sweep rc $?"; cp $OUTDIR/sweep.json $OUT/$NAME.json; cp $OUTDIR/sweep.md $OUT/$NAME.md
 cat $OUT/$NAME.md
