@@ -35,6 +35,9 @@ ZEROTH_ORDER = ("zo", "zo-momentum", "zo-adam")
 # zo: the winner of the tuning sweeps on attn_q + attn_v (bench/NOTES.md); zo-momentum the
 # same step size (momentum 0.9 multiplies steps by ~10); zo-adam not tuned (it lagged at 1e-3).
 DEFAULT_LR = {"zo": 2e-2, "zo-momentum": 2e-3, "zo-adam": 1e-3, "sgd": 5e-3, "adam": 1e-3}
+BETAS = (0.9, 0.999)  # Kingma & Ba's defaults, as torch, PEFT and TRL use them
+EPS = 1e-8
+
 # How far a P-RGE step should go depends on how strongly the model's loss reacts to its adapter.
 # The defaults above were tuned on SmolLM2 (a llama); in the tuning sweeps Gemma 3 270M diverged
 # at them and did best at 1/20 of the lr and eps 2e-2 (bench/NOTES.md). Other architectures
@@ -50,8 +53,7 @@ def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]
     lr_factor, eps = ARCHITECTURE_ZO[architecture]
     scaled = {"lr": DEFAULT_LR[optimizer] * lr_factor} if optimizer != "zo-adam" else {}
     return {**scaled, "eps": eps}
-BETAS = (0.9, 0.999)  # Kingma & Ba's defaults, as torch, PEFT and TRL use them
-EPS = 1e-8
+
 
 OptimizerState = dict[str, np.ndarray]
 

@@ -1,8 +1,8 @@
 """Built-in tasks: prompt templates and label words, mostly of the zeroth-order literature (MeZO,
 P-RGE); sst2's own prompt was chosen on its training data.
 
-Only sst2 (and sst2-mezo, the same data) ships its data (for the default job); the SuperGLUE tasks (rte, cb,
-copa, wic) read the user's files in the SuperGLUE JSONL layout via --data/--valid.
+Only sst2 and sst2-mezo (the same data) ship their data (for the default job); the SuperGLUE
+tasks (rte, cb, copa, wic) read the user's files in the SuperGLUE JSONL layout via --data/--valid.
 """
 
 from __future__ import annotations
