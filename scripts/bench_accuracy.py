@@ -2,10 +2,22 @@
 first-order LoRA (torch engine), per task and model, over seeds.
 
 Each training row: a short probe run measures the method's seconds per step, the real run gets
-the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget), then
-the whole dev/val set is scored. Training sets: at most 1,000 examples (a seeded sample, as in
-the paper); test sets: the tasks' dev/val splits, never used for tuning. Finished rows are kept
-in OUT_DIR/rows.jsonl, so an interrupted run continues where it stopped.
+the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget) and
+scores a validation split of the training data `--evals` times (and at step 0); then the test
+set is scored with the adapter that scored best there (MeZO's protocol: a run that never beat
+step 0 reports the zero-shot model) and with the final adapter, both on the llama engine (what
+llama.cpp users deploy). Finished rows are kept in OUT_DIR/rows.jsonl, so an interrupted run
+continues where it stopped.
+
+Splits (`tuning_split`, from the files under --data-dir, ../shared/data); the sweeps tune on the
+same training/validation files, and no test row is read before the final scoring:
+- sst2: the shipped 1,000 rows train; 500 other rows of SST-2 train of at least 10 words
+  (random.Random(1)) validate: dev holds sentences, SST-2 train mostly short phrases.
+- rte, wic: 1,000 train rows (random.Random(0), as the paper samples) train; 500 of the
+  remaining train rows validate.
+- cb, copa (250 / 400 train rows): train.jsonl shuffled (random.Random(1)), three quarters
+  train, one quarter validates.
+Test sets: SST-2 dev (872), SuperGLUE val.
 
     python scripts/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
     python scripts/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
@@ -39,10 +51,14 @@ from prge_gguf.lora import TARGETS
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
+TUNE_ROWS = 500  # validation rows where the training file has them to spare
+MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],
+    # On a GPU a larger batch costs little more time a step and cuts the estimate's noise (bench/NOTES.md).
+    "zo-b64": ["--q", "1", "--batch-size", "64", "--n-ctx", "4096"],
     # The baseline at its strongest: all seven projections (P-RGE's default is attn_q + attn_v).
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16", "--targets", ",".join(TARGETS)],
 }
@@ -56,6 +72,8 @@ _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common 
 EXTRA: dict[str, list[str]] = {"llama": [], "torch": []}
 # The environment of the row a thread runs (its GPU with --gpus), set for the row's lifetime.
 GPU_ENV = threading.local()
+# Each task's train/validation flags (tuning_split), written before rows start.
+SPLITS: dict[str, list[str]] = {}
 
 
 def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[str], list[str]]:
@@ -64,15 +82,47 @@ def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[s
     return lines, random.Random(0).sample(lines, min(train_max, len(lines)))
 
 
-def data_args(task: str, work: Path) -> list[str]:
-    """--task/--data/--valid for `task`: SST-2's shipped 1,000/872, SuperGLUE from DATA_DIR/superglue."""
+def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
+    """--task/--data/--valid flags of `task`'s training and validation split (the module
+    docstring), written to `work`, where split files already there are used as they are."""
+    work.mkdir(parents=True, exist_ok=True)
+    if task == "sst2":
+        valid = work / "sst2-tune.tsv"
+        if valid.exists():
+            return ["--task", "sst2", "--valid", str(valid)]
+        from prge_gguf.tasks import builtin_task
+
+        shipped = set(builtin_task("sst2").train_file.read_text().splitlines())
+        header, *rows = (data_dir / "sst2" / "train.tsv").read_text().splitlines()
+        # Sentences, as in dev (median 19 words); SST-2 train is mostly short phrases (median 7).
+        spare = [r for r in rows if r not in shipped and len(r.split("\t")[0].split()) >= MIN_WORDS]
+        valid.write_text("\n".join([header, *random.Random(1).sample(spare, TUNE_ROWS)]) + "\n")
+        return ["--task", "sst2", "--valid", str(valid)]
+    paths = {name: work / f"{task}-tune-{name}.jsonl" for name in ("train", "valid")}
+    flags = ["--task", task, "--data", str(paths["train"]), "--valid", str(paths["valid"])]
+    if all(p.exists() for p in paths.values()):
+        return flags
+    lines, bench_rows = train_rows(task, data_dir)
+    used = set(bench_rows)
+    spare = [line for line in lines if line not in used]
+    if len(spare) >= TUNE_ROWS:
+        train, valid = bench_rows, random.Random(1).sample(spare, TUNE_ROWS)
+    else:
+        shuffled = random.Random(1).sample(lines, len(lines))
+        cut = len(lines) * 3 // 4
+        train, valid = shuffled[:cut], shuffled[cut:]
+    for name, rows in (("train", train), ("valid", valid)):
+        paths[name].write_text("\n".join(rows) + "\n")
+    return flags
+
+
+
+
+def test_args(task: str) -> list[str]:
+    """--task/--valid of `task`'s test set: SST-2's dev set (shipped with the task), SuperGLUE's val."""
     if task == "sst2":
         return ["--task", "sst2"]
-    _, sample = train_rows(task, DATA_DIR)
-    folder = DATA_DIR / "superglue" / TASK_FILES[task]
-    train = work / f"{task}-train.jsonl"
-    _write_whole(train, sample)
-    return ["--task", task, "--data", str(train), "--valid", str(folder / "val.jsonl")]
+    return ["--task", task, "--valid", str(DATA_DIR / "superglue" / TASK_FILES[task] / "val.jsonl")]
 
 
 def _write_whole(path: Path, lines: list[str]) -> None:
@@ -97,19 +147,27 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def zero_shot(task: str, model: str, work: Path, threads: int) -> dict:
+def zero_shot(task: str, model: str, threads: int) -> dict:
     """Accuracy of the base model (a name or a GGUF path) on the test set."""
-    out, rss = cli(["eval", *data_args(task, work), "--model", model, "--json", *EXTRA["llama"]], threads)
-    m = json.loads(out.splitlines()[-1])
-    return {"accuracy": m["accuracy"], "wall_s": 0.0, "steps": 0, "forward_tokens": 0, "peak_rss_mib": rss,
-            "curve": [[0.0, m["accuracy"]]]}
+    accuracy, rss = test_accuracy(task, model, None, threads)
+    return {"accuracy": accuracy, "final_accuracy": accuracy, "wall_s": 0.0, "steps": 0, "forward_tokens": 0,
+            "peak_rss_mib": rss, "curve": []}
+
+
+def test_accuracy(task: str, model: str, adapter: Path | None, threads: int) -> tuple[float, float]:
+    """(test-set accuracy of `model` with `adapter` or none, on the llama engine; peak RSS MiB)."""
+    with_adapter = ["--adapter", str(adapter)] if adapter else []
+    out, rss = cli(["eval", *test_args(task), "--model", model, *with_adapter, "--json", *EXTRA["llama"]],
+                   threads)
+    return json.loads(out.splitlines()[-1])["accuracy"], rss
 
 
 def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
-              threads: int, evals: int) -> dict:
-    """Train `method` for `budget_s` of training wall time, then score the test set."""
+              threads: int, evals: int, val_size: int) -> dict:
+    """Train `method` for `budget_s` of training wall time, then score the test set with the
+    adapter of the best validation score and with the final one."""
     engine = "torch" if "torch" in METHODS[method] else "llama"
-    base = ["train", *data_args(task, work), "--model", model, *METHODS[method], *EXTRA[engine],
+    base = ["train", *SPLITS[task], "--model", model, *METHODS[method], *EXTRA[engine],
             "--seed", str(seed), "--checkpoint-every", "0"]
     probe, run = (work / f"{kind}-{task}-{label}-{method}-{seed}" for kind in ("probe", "run"))
     for stale in (probe, run):  # from a row stopped midway (only finished rows are kept)
@@ -119,29 +177,24 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     step_s = statistics.median(r["step_s"] for r in _rows(probe) if "loss" in r)
     steps = max(1, int(budget_s / step_s))
     _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
-                  "--eval-size", "100", "--out", str(run)], threads)
+                  "--eval-size", str(val_size), "--out", str(run)], threads)
     rows = _rows(run)
     final = next(r for r in rows if "final_eval_accuracy" in r)
-    train_rows = [r for r in rows if "loss" in r]
-    return {"accuracy": final["final_eval_accuracy"], "wall_s": final["train_s"], "steps": steps,
-            "forward_tokens": sum(r["tokens"] for r in train_rows), "peak_rss_mib": rss,
-            "curve": [[r["wall"], r["eval_accuracy"]] for r in rows if "eval_accuracy" in r]}
+    steps_run = [r for r in rows if "loss" in r]
+    evaluated = [r for r in rows if "eval_accuracy" in r]
+    best = max(evaluated, key=lambda r: r["eval_accuracy"])  # the first of equals, as best.gguf
+    return {"accuracy": test_accuracy(task, model, run / "best.gguf", threads)[0],
+            "final_accuracy": test_accuracy(task, model, run / "adapter.gguf", threads)[0],
+            "best_step": best["step"], "wall_s": final["train_s"], "steps": steps,
+            "forward_tokens": sum(r["tokens"] for r in steps_run), "peak_rss_mib": rss,
+            "curve": [[r["wall"], r["eval_accuracy"]] for r in evaluated]}
 
 
 def _one_example(task: str, work: Path) -> Path:
     """A one-example held-out file for probe runs (their final evaluation is not needed)."""
-    args = data_args(task, work)
-    source = Path(args[args.index("--valid") + 1]) if "--valid" in args else None
-    path = work / f"{task}-probe-valid"
-    if source is None:
-        from prge_gguf.tasks import builtin_task
-
-        lines = builtin_task(task).dev_file.read_text().splitlines()[:2]
-        path = path.with_suffix(".tsv")
-    else:
-        lines = source.read_text().splitlines()[:1]
-        path = path.with_suffix(".jsonl")
-    _write_whole(path, lines)
+    source = Path(SPLITS[task][SPLITS[task].index("--valid") + 1])
+    path = work / f"{task}-probe-valid{source.suffix}"
+    _write_whole(path, source.read_text().splitlines()[: 2 if source.suffix == ".tsv" else 1])  # TSV: header
     return path
 
 
@@ -151,26 +204,28 @@ def summarize(rows: list[dict]) -> tuple[list[dict], str]:
     for r in rows:
         groups.setdefault((r["task"], r["model"], r["method"]), []).append(r)
     summary = []
-    lines = ["| task | model | method | accuracy (mean ± sd, seeds) | steps | train wall (min) "
-             "| forward tokens | peak RSS (MiB) |", "|" + " --- |" * 8]
+    lines = ["| task | model | method | accuracy (mean ± sd, seeds) | final adapter | steps "
+             "| train wall (min) | forward tokens | peak RSS (MiB) |", "|" + " --- |" * 9]
     for (task, model, method), rs in sorted(groups.items()):
         acc = [r["accuracy"] for r in rs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
         s = {"task": task, "model": model, "method": method, "seeds": len(rs),
              "accuracy_mean": statistics.mean(acc), "accuracy_sd": sd,
+             # rows of before the validation split scored their final adapter only
+             "final_mean": statistics.mean(r.get("final_accuracy", r["accuracy"]) for r in rs),
              "steps": statistics.mean(r["steps"] for r in rs),
              "wall_min": statistics.mean(r["wall_s"] for r in rs) / 60,
              "forward_tokens": statistics.mean(r["forward_tokens"] for r in rs),
              "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)}
         summary.append(s)
         lines.append(f"| {task} | {model} | {method} | {100 * s['accuracy_mean']:.1f} ± {100 * sd:.1f} "
-                     f"({len(rs)}) | {s['steps']:.0f} | {s['wall_min']:.1f} | {s['forward_tokens']:.3g} | "
-                     f"{s['peak_rss_mib']:.0f} |")
+                     f"({len(rs)}) | {100 * s['final_mean']:.1f} | {s['steps']:.0f} | {s['wall_min']:.1f} | "
+                     f"{s['forward_tokens']:.3g} | {s['peak_rss_mib']:.0f} |")
     return summary, "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Held-out accuracy (100 dev examples during training) against training wall time."""
+    """Validation accuracy (held-out training rows, step 0 = zero-shot) against training wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,12 +235,10 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (task, model) in zip(axes[0], panels, strict=True):
         for r in rows:
-            if (r["task"], r["model"]) == (task, model) and r["method"] != "zero-shot":
+            if (r["task"], r["model"]) == (task, model) and r["curve"]:
                 xs, ys = zip(*r["curve"], strict=True)
                 ax.plot([x / 60 for x in xs], ys, marker=".", label=f"{r['method']} s{r['seed']}")
-            elif (r["task"], r["model"]) == (task, model):
-                ax.axhline(r["accuracy"], color="grey", linestyle="--", label="zero-shot")
-        ax.set(title=f"{task}, {model}", xlabel="training wall time (min)", ylabel="dev accuracy")
+        ax.set(title=f"{task}, {model}", xlabel="training wall time (min)", ylabel="validation accuracy")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -200,7 +253,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
-    p.add_argument("--evals", type=int, default=4, help="evaluations (100 dev examples) during training")
+    p.add_argument("--evals", type=int, default=5, help="validation scorings during training (and step 0)")
+    p.add_argument("--val-size", type=int, default=0, help="validation rows a scoring (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with --threads)")
     p.add_argument("--gpus", type=int, default=0, help="spread the rows run at once over this many GPUs")
@@ -210,6 +264,8 @@ def main() -> None:
                                                     "'--n-gpu-layers -1'")
     p.add_argument("--torch-args", default="", help="extra flags for every torch-engine command, e.g. "
                                                     "'--device cuda'")
+    p.add_argument("--splits", type=Path, help="folder of the split files (default WORK/splits); files "
+                   "already there are used as they are")
     p.add_argument("--report-only", action="store_true", help="run nothing: summarize WORK/rows.jsonl")
     p.add_argument("--work", type=Path, default=Path("runs/bench_accuracy"))
     p.add_argument("--out", default="bench/accuracy")
@@ -218,6 +274,8 @@ def main() -> None:
     EXTRA.update(llama=shlex.split(args.llama_args), torch=shlex.split(args.torch_args))
     models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)  # label -> name or path
     args.work.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        SPLITS.update({t: tuning_split(t, DATA_DIR, args.splits or args.work / "splits") for t in args.tasks})
     done_file = args.work / "rows.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     key = lambda r: (r["task"], r["model"], r["method"], r["seed"])  # noqa: E731
@@ -235,9 +293,9 @@ def main() -> None:
         task, label, method, seed = k
         try:
             with gpus.env() as GPU_ENV.env:
-                result = zero_shot(task, models[label], args.work, args.threads) if method == "zero-shot" \
+                result = zero_shot(task, models[label], args.threads) if method == "zero-shot" \
                     else train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
-                                   args.threads, args.evals)
+                                   args.threads, args.evals, args.val_size)
         except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
             print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
                   flush=True)
@@ -263,6 +321,8 @@ def main() -> None:
                              "summary": summary, "rows": done},
                   table + f"\n\nBudget {args.budget_min:g} min of training per row ({args.jobs} rows "
                   f"at once{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); "
+                  "accuracy: the test set scored with the adapter of the best validation score "
+                  f"({args.evals} scorings and step 0), final adapter: with the last; "
                   "test sets: SST-2 dev (872), SuperGLUE val; plot: "
                   f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
                   f"{info['llama_cpp_python']}, commit {info['git_commit']}."

@@ -3,12 +3,8 @@
 Jobs train and are scored on *training* data only (tuning splits, below); the dev/val sets that
 the README reports are never read. Writes sweep.json and a Markdown table.
 
-Tuning splits (`tuning_split`), from the files under --data-dir (../shared/data):
-- sst2: the shipped 1,000 rows train; 500 other rows of SST-2 train of at least 10 words
-  (random.Random(1)) score: dev holds sentences, SST-2 train mostly short phrases.
-- rte, wic: bench_accuracy's 1,000 training rows train; 500 of the remaining train rows score.
-- cb, copa (250 / 400 rows, all used by bench_accuracy): train.jsonl shuffled
-  (random.Random(1)), three quarters train, one quarter scores.
+Tuning splits: bench_accuracy's training and validation files (`tuning_split`, its docstring):
+jobs train on what its rows train on and are scored on the validation rows it selects with.
 
     python scripts/sweep.py --tasks sst2 rte --steps 400 \
         --grid "optimizer=zo;lr=2e-3,5e-3;targets=attn_q,attn_v|all" --parallel 4 --out bench/sweep
@@ -20,7 +16,6 @@ import argparse
 import itertools
 import json
 import os
-import random
 import shlex
 import signal
 import subprocess
@@ -29,13 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_accuracy import DATA_DIR, TASK_FILES, train_rows
+from bench_accuracy import DATA_DIR, TASK_FILES, TUNE_ROWS, tuning_split
 from bench_common import GpuSlots, machine
 
 from prge_gguf.lora import TARGETS
-
-TUNE_ROWS = 500
-MIN_WORDS = 10  # SST-2 tuning rows: sentences of at least this many words
 
 
 def parse_grid(spec: str) -> list[dict[str, str]]:
@@ -47,40 +39,6 @@ def parse_grid(spec: str) -> list[dict[str, str]]:
         sep = "|" if "|" in values else ","
         axes.append([(key.strip(), v.strip()) for v in values.split(sep)])
     return [dict(combo) for combo in itertools.product(*axes)]
-
-
-def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
-    """--task/--data/--valid flags of `task`'s tuning split (see the module docstring), written
-    to `work`, where split files already there are used as they are."""
-    work.mkdir(parents=True, exist_ok=True)
-    if task == "sst2":
-        valid = work / "sst2-tune.tsv"
-        if valid.exists():
-            return ["--task", "sst2", "--valid", str(valid)]
-        from prge_gguf.tasks import builtin_task
-
-        shipped = set(builtin_task("sst2").train_file.read_text().splitlines())
-        header, *rows = (data_dir / "sst2" / "train.tsv").read_text().splitlines()
-        # Sentences, as in dev (median 19 words); SST-2 train is mostly short phrases (median 7).
-        spare = [r for r in rows if r not in shipped and len(r.split("\t")[0].split()) >= MIN_WORDS]
-        valid.write_text("\n".join([header, *random.Random(1).sample(spare, TUNE_ROWS)]) + "\n")
-        return ["--task", "sst2", "--valid", str(valid)]
-    paths = {name: work / f"{task}-tune-{name}.jsonl" for name in ("train", "valid")}
-    flags = ["--task", task, "--data", str(paths["train"]), "--valid", str(paths["valid"])]
-    if all(p.exists() for p in paths.values()):
-        return flags
-    lines, bench_rows = train_rows(task, data_dir)
-    used = set(bench_rows)
-    spare = [line for line in lines if line not in used]
-    if len(spare) >= TUNE_ROWS:
-        train, valid = bench_rows, random.Random(1).sample(spare, TUNE_ROWS)
-    else:
-        shuffled = random.Random(1).sample(lines, len(lines))
-        cut = len(lines) * 3 // 4
-        train, valid = shuffled[:cut], shuffled[cut:]
-    for name, rows in (("train", train), ("valid", valid)):
-        paths[name].write_text("\n".join(rows) + "\n")
-    return flags
 
 
 def run_job(i: int, task: str, flags: dict[str, str], data: list[str], args: argparse.Namespace) -> dict:

@@ -1,0 +1,88 @@
+"""How noisy is a minibatch's gradient, next to the gradient itself? The answer sets P-RGE's batch size.
+
+P-RGE's estimate along a direction z is g = z . grad L_batch, whose second moment over z and the
+batch is |G|^2 + tr(S)/b (G the full-data gradient, S the per-example gradient covariance, b the
+batch size). Where the gradient noise scale B_noise = tr(S)/|G|^2 (McCandlish et al., 2018) is well
+above b, the batch's noise swamps the signal, and a step's progress grows nearly linearly with b:
+on a GPU, where llama.cpp's step time barely grows with the batch, a larger batch is then almost
+free accuracy per minute. This measures B_noise at P-RGE's start (B = 0, the default adapter) from
+per-example gradients by backprop (torch engine, exact), on each task's training data:
+
+    python scripts/bench_grad_noise.py --tasks sst2 cb --n 64
+
+Writes bench/grad_noise.json and .md. Unbiased: |G|^2 = |mean g_i|^2 - tr(S)/n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_accuracy import DATA_DIR, tuning_split
+from bench_common import machine, write_outputs
+
+from prge_gguf.engine.torch_engine import TorchEngine
+from prge_gguf.lora import DEFAULT_TARGETS, init_lora_fa
+from prge_gguf.models import model_path
+from prge_gguf.tasks import builtin_task, tokenize
+
+
+def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> np.ndarray:
+    """One flattened B-gradient per example, (n, trainable values)."""
+    rows = []
+    for ex in examples:
+        _, grads = engine.loss_gradient([ex], adapter, "label")
+        rows.append(np.concatenate([grads[k].ravel() for k in sorted(grads)]).astype(np.float64))
+    return np.stack(rows)
+
+
+def noise_scale(grads: np.ndarray) -> dict[str, float]:
+    """|G|^2 (unbiased), tr(S) and B_noise from per-example gradients (n, d)."""
+    n = len(grads)
+    mean = grads.mean(0)
+    trace = float(((grads - mean) ** 2).sum(1).sum() / (n - 1))
+    signal = float(mean @ mean) - trace / n
+    return {"grad_sq": signal, "trace_cov": trace, "b_noise": trace / signal if signal > 0 else float("inf")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
+    p.add_argument("--model", default=None, help="GGUF path or name (default: the shipped SmolLM2)")
+    p.add_argument("--n", type=int, default=64, help="training examples per task")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--work", type=Path, default=Path("/tmp/grad-noise"))
+    p.add_argument("--out", default="bench/grad_noise")
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, lines = [], ["| task | examples | trainable values | \\|G\\|^2 | tr(S) | B_noise | seconds |",
+                       "|" + " --- |" * 7]
+    with TorchEngine(model_path(args.model), device="cpu") as engine:
+        adapter = init_lora_fa(engine.header, list(DEFAULT_TARGETS), 8, 16.0, seed=0)
+        for task in args.tasks:
+            flags = tuning_split(task, args.data_dir, args.work)  # the training rows of bench_accuracy
+            source = Path(flags[flags.index("--data") + 1]) if "--data" in flags else \
+                builtin_task(task).train_file
+            examples = builtin_task(task).examples(source)
+            sample = random.Random(0).sample(examples, min(args.n, len(examples)))
+            t0 = time.perf_counter()
+            grads = per_example_gradients(engine, [tokenize(engine, ex) for ex in sample], adapter)
+            r = {"task": task, "n": len(sample), "d": grads.shape[1], **noise_scale(grads),
+                 "seconds": time.perf_counter() - t0}
+            rows.append(r)
+            lines.append(f"| {task} | {r['n']} | {r['d']} | {r['grad_sq']:.3g} | {r['trace_cov']:.3g} | "
+                         f"{r['b_noise']:.0f} | {r['seconds']:.0f} |")
+    m = machine()
+    lines.append(f"\nAt P-RGE's start (LoRA-FA r 8 on {' + '.join(DEFAULT_TARGETS)}, B = 0), label-word "
+                 f"loss, exact per-example gradients (torch engine, CPU). Machine: {m['cpu']} "
+                 f"({m['cores']} cores), commit {m['git_commit']}. Made by "
+                 f"`python scripts/bench_grad_noise.py --n {args.n}`.")
+    result = {"machine": m, "model": str(model_path(args.model)), "rows": rows}
+    write_outputs(args.out, result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
