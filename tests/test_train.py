@@ -97,6 +97,23 @@ def test_config_file_with_cli_override(tmp_path):
     assert not (tmp_path / "from_file").exists()
 
 
+def test_p_rge_on_a_gpu_takes_a_larger_batch_unless_told(tmp_path):
+    from prge_gguf.cli import GPU_ZO_BATCH
+
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "superb", "label": 1}\n')
+
+    def batch(name: str, *flags: str) -> int:
+        # --steps 0: the settings are resolved and recorded; a CPU-only llama.cpp ignores the offload.
+        assert main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "0", "--eval-every", "0",
+                     "--out", str(tmp_path / name), *flags]) == 0
+        return json.loads((tmp_path / name / "config.json").read_text())["train"]["batch_size"]
+
+    assert batch("cpu") == 16
+    assert batch("gpu", "--n-gpu-layers", "-1") == GPU_ZO_BATCH == 64
+    assert batch("flag", "--n-gpu-layers", "-1", "--batch-size", "8") == 8
+
+
 def test_early_stop_keeps_the_best_adapter(engine, tmp_path):
     task = builtin_task("sst2")
     examples = [tokenize_example(engine, e) for e in task.examples(task.dev_file)[:4]]
