@@ -1,5 +1,6 @@
-"""Accuracy at a fixed wall-clock budget: zero-shot, P-RGE q = 1 and q = 4 (llama engine) and
-first-order LoRA (torch engine), per task and model, over seeds.
+"""Accuracy at a fixed wall-clock budget: zero-shot, P-RGE at q = 1 and q = 4 with the same
+forward rows a step and at q = 1 with batch 64 (llama engine), and first-order LoRA (torch
+engine), per task and model, over seeds.
 
 Each training row: a short probe run measures the method's seconds per step, the real run gets
 the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget) and
@@ -114,8 +115,6 @@ def tuning_split(task: str, data_dir: Path, work: Path) -> list[str]:
     for name, rows in (("train", train), ("valid", valid)):
         paths[name].write_text("\n".join(rows) + "\n")
     return flags
-
-
 
 
 def test_args(task: str) -> list[str]:

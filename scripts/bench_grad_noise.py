@@ -6,17 +6,21 @@ batch size). Where the gradient noise scale B_noise = tr(S)/|G|^2 (McCandlish et
 above b, the batch's noise swamps the signal, and a step's progress grows nearly linearly with b:
 on a GPU, where llama.cpp's step time barely grows with the batch, a larger batch is then almost
 free accuracy per minute. This measures B_noise at P-RGE's start (B = 0, the default adapter) from
-per-example gradients by backprop (torch engine, exact), on each task's training data:
+per-example gradients by backprop (torch engine, exact), on each task's training data; with
+--by-target also for each projection's B tensors alone (which targets carry signal, not noise):
 
     python scripts/bench_grad_noise.py --tasks sst2 cb --n 64
+    python scripts/bench_grad_noise.py --tasks sst2 rte --targets all --by-target \
+        --out bench/grad_noise_targets
 
-Writes bench/grad_noise.json and .md. Unbiased: |G|^2 = |mean g_i|^2 - tr(S)/n.
+Writes OUT.json and OUT.md (default bench/grad_noise). Unbiased: |G|^2 = |mean g_i|^2 - tr(S)/n.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -25,23 +29,27 @@ from bench_accuracy import DATA_DIR, tuning_split
 from bench_common import machine, write_outputs
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, init_lora_fa
+from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, init_lora_fa
 from prge_gguf.models import model_path
 from prge_gguf.tasks import builtin_task, tokenize
 
 
-def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> np.ndarray:
-    """One flattened B-gradient per example, (n, trainable values)."""
+def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> tuple[np.ndarray, list[str]]:
+    """(one flattened B-gradient per example, (n, trainable values); the projection of each column)."""
     rows = []
     for ex in examples:
         _, grads = engine.loss_gradient([ex], adapter, "label")
-        rows.append(np.concatenate([grads[k].ravel() for k in sorted(grads)]).astype(np.float64))
-    return np.stack(rows)
+        rows.append(np.concatenate([grads[k].ravel() for k in sorted(grads)]))
+    # "blk.3.attn_q.weight.lora_b" -> attn_q, once per value of that tensor
+    owner = [TARGET_NAME.match(k.removesuffix(".lora_b")).group(2) for k in sorted(grads)]
+    columns = [name for k, name in zip(sorted(grads), owner, strict=True) for _ in range(grads[k].size)]
+    return np.stack(rows), columns
 
 
 def noise_scale(grads: np.ndarray) -> dict[str, float]:
     """|G|^2 (unbiased), tr(S) and B_noise from per-example gradients (n, d)."""
     n = len(grads)
+    grads = grads.astype(np.float64)
     mean = grads.mean(0)
     trace = float(((grads - mean) ** 2).sum(1).sum() / (n - 1))
     signal = float(mean @ mean) - trace / n
@@ -54,14 +62,17 @@ def main() -> None:
     p.add_argument("--model", default=None, help="GGUF path or name (default: the shipped SmolLM2)")
     p.add_argument("--n", type=int, default=64, help="training examples per task")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="projections, or 'all' (seven)")
+    p.add_argument("--by-target", action="store_true", help="also a row per projection")
     p.add_argument("--work", type=Path, default=Path("/tmp/grad-noise"))
     p.add_argument("--out", default="bench/grad_noise")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, lines = [], ["| task | examples | trainable values | \\|G\\|^2 | tr(S) | B_noise | seconds |",
-                       "|" + " --- |" * 7]
+    targets = list(TARGETS) if args.targets == "all" else args.targets.split(",")
+    rows, lines = [], ["| task | B of | examples | trainable values | \\|G\\|^2 | tr(S) | B_noise "
+                       "| seconds |", "|" + " --- |" * 8]
     with TorchEngine(model_path(args.model), device="cpu") as engine:
-        adapter = init_lora_fa(engine.header, list(DEFAULT_TARGETS), 8, 16.0, seed=0)
+        adapter = init_lora_fa(engine.header, targets, 8, 16.0, seed=0)
         for task in args.tasks:
             flags = tuning_split(task, args.data_dir, args.work)  # the training rows of bench_accuracy
             source = Path(flags[flags.index("--data") + 1]) if "--data" in flags else \
@@ -69,17 +80,22 @@ def main() -> None:
             examples = builtin_task(task).examples(source)
             sample = random.Random(0).sample(examples, min(args.n, len(examples)))
             t0 = time.perf_counter()
-            grads = per_example_gradients(engine, [tokenize(engine, ex) for ex in sample], adapter)
-            r = {"task": task, "n": len(sample), "d": grads.shape[1], **noise_scale(grads),
-                 "seconds": time.perf_counter() - t0}
-            rows.append(r)
-            lines.append(f"| {task} | {r['n']} | {r['d']} | {r['grad_sq']:.3g} | {r['trace_cov']:.3g} | "
-                         f"{r['b_noise']:.0f} | {r['seconds']:.0f} |")
+            grads, columns = per_example_gradients(engine, [tokenize(engine, ex) for ex in sample], adapter)
+            seconds = time.perf_counter() - t0
+            groups = {"+".join(targets): np.ones(len(columns), bool)}
+            if args.by_target:
+                groups |= {t: np.array([c == t for c in columns]) for t in targets}
+            for group, mask in groups.items():
+                r = {"task": task, "targets": group, "n": len(sample), "d": int(mask.sum()),
+                     **noise_scale(grads[:, mask]), "seconds": seconds}
+                rows.append(r)
+                lines.append(f"| {task} | {group} | {r['n']} | {r['d']} | {r['grad_sq']:.3g} | "
+                             f"{r['trace_cov']:.3g} | {r['b_noise']:.0f} | {r['seconds']:.0f} |")
     m = machine()
-    lines.append(f"\nAt P-RGE's start (LoRA-FA r 8 on {' + '.join(DEFAULT_TARGETS)}, B = 0), label-word "
+    lines.append(f"\nAt P-RGE's start (LoRA-FA r 8, B = 0), label-word "
                  f"loss, exact per-example gradients (torch engine, CPU). Machine: {m['cpu']} "
                  f"({m['cores']} cores), commit {m['git_commit']}. Made by "
-                 f"`python scripts/bench_grad_noise.py --n {args.n}`.")
+                 f"`python scripts/bench_grad_noise.py {' '.join(sys.argv[1:])}`.")
     result = {"machine": m, "model": str(model_path(args.model)), "rows": rows}
     write_outputs(args.out, result, "\n".join(lines))
 
