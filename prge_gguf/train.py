@@ -38,7 +38,7 @@ class TrainConfig:
     """Every training setting, with its default. The CLI overrides these; config.json records them."""
 
     steps: int = 500
-    batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1
+    batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1 (the CLI takes 64 on a GPU)
     q: int = 1  # queries (random directions) per step
     eps: float = 5e-2  # perturbation size: above llama.cpp's numeric noise in the loss (bench/NOTES.md)
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
