@@ -13,6 +13,9 @@ per-example gradients by backprop (torch engine, exact), on each task's training
     python scripts/bench_grad_noise.py --tasks sst2 rte --targets all --by-target \
         --out bench/grad_noise_targets
 
+"B_noise within labels" is what is left when every batch holds each label's share of the data
+(label-stratified batches; bench/sweeps/stratified-gpu.md tried them on P-RGE).
+
 Writes OUT.json and OUT.md (default bench/grad_noise). Unbiased: |G|^2 = |mean g_i|^2 - tr(S)/n.
 """
 
@@ -46,14 +49,23 @@ def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> tuple
     return np.stack(rows), columns
 
 
-def noise_scale(grads: np.ndarray) -> dict[str, float]:
-    """|G|^2 (unbiased), tr(S) and B_noise from per-example gradients (n, d)."""
+def noise_scale(grads: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """|G|^2 (unbiased), tr(S) and B_noise from per-example gradients (n, d); also tr(S) and
+    B_noise within labels (sum of label shares times each label's tr(S)): what is left of the
+    noise when every batch holds each label's share of the data."""
     n = len(grads)
     grads = grads.astype(np.float64)
     mean = grads.mean(0)
     trace = float(((grads - mean) ** 2).sum(1).sum() / (n - 1))
     signal = float(mean @ mean) - trace / n
-    return {"grad_sq": signal, "trace_cov": trace, "b_noise": trace / signal if signal > 0 else float("inf")}
+    within = sum(float(((g - g.mean(0)) ** 2).sum() / max(len(g) - 1, 1)) * len(g) / n
+                 for g in (grads[labels == k] for k in np.unique(labels)))
+    return {"grad_sq": signal, "trace_cov": trace, "b_noise": _ratio(trace, signal),
+            "trace_within_labels": within, "b_noise_within_labels": _ratio(within, signal)}
+
+
+def _ratio(trace: float, signal: float) -> float:
+    return trace / signal if signal > 0 else float("inf")
 
 
 def main() -> None:
@@ -70,7 +82,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     targets = list(TARGETS) if args.targets == "all" else args.targets.split(",")
     rows, lines = [], ["| task | B of | examples | trainable values | \\|G\\|^2 | tr(S) | B_noise "
-                       "| seconds |", "|" + " --- |" * 8]
+                       "| B_noise within labels | seconds |", "|" + " --- |" * 9]
     with TorchEngine(model_path(args.model), device="cpu") as engine:
         adapter = init_lora_fa(engine.header, targets, 8, 16.0, seed=0)
         for task in args.tasks:
@@ -81,16 +93,18 @@ def main() -> None:
             sample = random.Random(0).sample(examples, min(args.n, len(examples)))
             t0 = time.perf_counter()
             grads, columns = per_example_gradients(engine, [tokenize(engine, ex) for ex in sample], adapter)
+            labels = np.array([ex.label for ex in sample])
             seconds = time.perf_counter() - t0
             groups = {"+".join(targets): np.ones(len(columns), bool)}
             if args.by_target:
                 groups |= {t: np.array([c == t for c in columns]) for t in targets}
             for group, mask in groups.items():
                 r = {"task": task, "targets": group, "n": len(sample), "d": int(mask.sum()),
-                     **noise_scale(grads[:, mask]), "seconds": seconds}
+                     **noise_scale(grads[:, mask], labels), "seconds": seconds}
                 rows.append(r)
                 lines.append(f"| {task} | {group} | {r['n']} | {r['d']} | {r['grad_sq']:.3g} | "
-                             f"{r['trace_cov']:.3g} | {r['b_noise']:.0f} | {r['seconds']:.0f} |")
+                             f"{r['trace_cov']:.3g} | {r['b_noise']:.0f} | "
+                             f"{r['b_noise_within_labels']:.0f} | {r['seconds']:.0f} |")
     m = machine()
     lines.append(f"\nAt P-RGE's start (LoRA-FA r 8, B = 0), label-word "
                  f"loss, exact per-example gradients (torch engine, CPU). Machine: {m['cpu']} "
