@@ -1,6 +1,6 @@
 """Accuracy at a fixed wall-clock budget: zero-shot, P-RGE at q = 1 and q = 4 with the same
 forward rows a step and at q = 1 with batch 64 (llama engine), and first-order LoRA (torch
-engine), per task and model, over seeds.
+engine) on all seven projections and on P-RGE's attn_q + attn_v, per task and model, over seeds.
 
 Each training row: a short probe run measures the method's seconds per step, the real run gets
 the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget) and
@@ -62,6 +62,8 @@ METHODS = {
     "zo-b64": ["--q", "1", "--batch-size", "64", "--n-ctx", "4096"],
     # The baseline at its strongest: all seven projections (P-RGE's default is attn_q + attn_v).
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16", "--targets", ",".join(TARGETS)],
+    # First-order on P-RGE's own adapter (attn_q + attn_v): zeroth- against first-order, all else equal.
+    "fo-qv": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
 }
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
