@@ -38,11 +38,12 @@ from prge_gguf.tasks import builtin_task, tokenize
 
 
 def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> tuple[np.ndarray, list[str]]:
-    """(one flattened B-gradient per example, (n, trainable values); the projection of each column)."""
+    """(one flattened float64 B-gradient per example, (n, trainable values); the projection of each
+    column)."""
     rows = []
     for ex in examples:
         _, grads = engine.loss_gradient([ex], adapter, "label")
-        rows.append(np.concatenate([grads[k].ravel() for k in sorted(grads)]))
+        rows.append(np.concatenate([grads[k].ravel() for k in sorted(grads)]).astype(np.float64))
     # "blk.3.attn_q.weight.lora_b" -> attn_q, once per value of that tensor
     owner = [TARGET_NAME.match(k.removesuffix(".lora_b")).group(2) for k in sorted(grads)]
     columns = [name for k, name in zip(sorted(grads), owner, strict=True) for _ in range(grads[k].size)]
@@ -50,11 +51,10 @@ def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> tuple
 
 
 def noise_scale(grads: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """|G|^2 (unbiased), tr(S) and B_noise from per-example gradients (n, d); also tr(S) and
+    """|G|^2 (unbiased), tr(S) and B_noise from float64 per-example gradients (n, d); also tr(S) and
     B_noise within labels (sum of label shares times each label's tr(S)): what is left of the
     noise when every batch holds each label's share of the data."""
     n = len(grads)
-    grads = grads.astype(np.float64)
     mean = grads.mean(0)
     trace = float(((grads - mean) ** 2).sum(1).sum() / (n - 1))
     signal = float(mean @ mean) - trace / n
