@@ -254,7 +254,11 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
                    help="model names or GGUF paths; LABEL=PATH names a path's rows LABEL")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help=f"of {', '.join(METHODS)} and --define's")
+    p.add_argument("--define", action="append", default=[], metavar="NAME=FLAGS",
+                   help="one more method: its train flags (a candidate from a sweep), e.g. "
+                        "'zo-all=--batch-size 64 --targets attn_q,attn_v,ffn_up'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
     p.add_argument("--evals", type=int, default=5, help="validation scorings during training (and step 0)")
@@ -274,6 +278,13 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/bench_accuracy"))
     p.add_argument("--out", default="bench/accuracy")
     args = p.parse_args()
+    for spec in args.define:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name or name in METHODS:
+            p.error(f"--define {spec!r}: expected NAME=FLAGS with a new NAME")
+        METHODS[name] = shlex.split(flags)
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        p.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     DATA_DIR = args.data_dir
     EXTRA.update(llama=shlex.split(args.llama_args), torch=shlex.split(args.torch_args))
     models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)  # label -> name or path

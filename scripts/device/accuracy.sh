@@ -4,7 +4,7 @@
 # MODEL is smollm2-135m or gemma3-270m (joined by model.sh from $CHUNKS). The bench stops after SECONDS;
 # its rows stay in /root/work-NAME, so a later call on the same machine goes on from them
 # (SEED_ROWS=FILE starts a fresh machine from rows fetched earlier). Env: BMIN (training
-# minutes per row, default 1), METHODS, NAME (output name, default accuracy-MODEL), GPUS (spread
+# minutes per row, default 1), METHODS, DEFINES (further methods, NAME=FLAGS;NAME=FLAGS), NAME (output name, default accuracy-MODEL), GPUS (spread
 # the rows over this many GPUs).
 # SuperGLUE data comes from carry-acc/p2/superglue (a copy of ../shared/data/superglue), the
 # training/validation splits from carry-acc/p2/tune (sweep.py and bench_accuracy write them).
@@ -12,7 +12,8 @@ MODEL=$1; LIMIT=$2; JOBS=$3; TASKS=$4; SEEDS=$5
 . scripts/device/model.sh "$MODEL"
 W=/root/work-${NAME:-accuracy-$MODEL}; mkdir -p $W
 [ -n "$SEED_ROWS" ] && [ ! -s $W/rows.jsonl ] && cp "$SEED_ROWS" $W/rows.jsonl
-ARGS=(--models $MODEL=/root/$MODEL.gguf --tasks $TASKS --seeds $SEEDS --budget-min ${BMIN:-1}
+DEF=(); IFS=';' read -ra _defs <<< "$DEFINES"; for d in "${_defs[@]}"; do DEF+=(--define "$d"); done
+ARGS=("${DEF[@]}" --models $MODEL=/root/$MODEL.gguf --tasks $TASKS --seeds $SEEDS --budget-min ${BMIN:-1}
       ${METHODS:+--methods $METHODS} ${GPUS:+--gpus $GPUS} --threads 2 --jobs $JOBS --llama-args "--n-gpu-layers -1"
       --torch-args "--device cuda" --data-dir carry-acc/p2 --splits carry-acc/p2/tune --work $W --out $OUT/${NAME:-accuracy-$MODEL})
 N=${NAME:-accuracy-$MODEL}
