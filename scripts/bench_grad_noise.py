@@ -50,6 +50,14 @@ def per_example_gradients(engine: TorchEngine, examples: list, adapter) -> tuple
     return np.stack(rows), columns
 
 
+def training_sample(task: str, data_dir: Path, work: Path, n: int) -> list:
+    """`n` examples drawn (seed 0) from the training rows bench_accuracy trains `task` on."""
+    flags = tuning_split(task, data_dir, work)
+    source = Path(flags[flags.index("--data") + 1]) if "--data" in flags else builtin_task(task).train_file
+    examples = builtin_task(task).examples(source)
+    return random.Random(0).sample(examples, min(n, len(examples)))
+
+
 def noise_scale(grads: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """|G|^2 (unbiased), tr(S) and B_noise from float64 per-example gradients (n, d); also tr(S) and
     B_noise within labels (sum of label shares times each label's tr(S)): what is left of the
@@ -86,11 +94,7 @@ def main() -> None:
     with TorchEngine(model_path(args.model), device="cpu") as engine:
         adapter = init_lora_fa(engine.header, targets, 8, 16.0, seed=0)
         for task in args.tasks:
-            flags = tuning_split(task, args.data_dir, args.work)  # the training rows of bench_accuracy
-            source = Path(flags[flags.index("--data") + 1]) if "--data" in flags else \
-                builtin_task(task).train_file
-            examples = builtin_task(task).examples(source)
-            sample = random.Random(0).sample(examples, min(args.n, len(examples)))
+            sample = training_sample(task, args.data_dir, args.work, args.n)
             t0 = time.perf_counter()
             grads, columns = per_example_gradients(engine, [tokenize(engine, ex) for ex in sample], adapter)
             labels = np.array([ex.label for ex in sample])
