@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,12 @@ def peak_rss_mib() -> float:
     status = Path("/proc/self/status").read_text().splitlines()
     line = next((s for s in status if s.startswith("VmHWM:")), None)
     return int(line.split()[1]) / 1024 if line else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def made_by(m: dict) -> str:
+    """A table's foot: the CPU of `machine()`'s `m`, the commit, and the command that made it."""
+    return (f"Machine: {m['cpu']} ({m['cores']} cores), commit {m['git_commit']}. Made by "
+            f"`python scripts/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`.")
 
 
 def write_outputs(stem: str, result: dict, table: str) -> None:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_accuracy import DATA_DIR, tuning_split
-from bench_common import machine, write_outputs
+from bench_common import machine, made_by, write_outputs
 
 from prge_gguf.engine.torch_engine import TorchEngine
 from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, init_lora_fa
@@ -110,10 +109,8 @@ def main() -> None:
                              f"{r['trace_cov']:.3g} | {r['b_noise']:.0f} | "
                              f"{r['b_noise_within_labels']:.0f} | {r['seconds']:.0f} |")
     m = machine()
-    lines.append(f"\nAt P-RGE's start (LoRA-FA r 8, B = 0), label-word "
-                 f"loss, exact per-example gradients (torch engine, CPU). Machine: {m['cpu']} "
-                 f"({m['cores']} cores), commit {m['git_commit']}. Made by "
-                 f"`python scripts/bench_grad_noise.py {' '.join(sys.argv[1:])}`.")
+    lines.append("\nAt P-RGE's start (LoRA-FA r 8, B = 0), label-word loss, exact per-example gradients "
+                 f"(torch engine, CPU). {made_by(m)}")
     result = {"machine": m, "model": str(model_path(args.model)), "rows": rows}
     write_outputs(args.out, result, "\n".join(lines))
 

@@ -8,9 +8,10 @@ number of dimensions a zeroth-order step pays for (MeZO's "effective rank"). Per
 of B tensors S gains |G_S|^2 / (2 tr H_S): the blocks with the most gradient per unit of curvature
 are where perturbations pay.
 
-This measures it at P-RGE's start (B = 0, LoRA-FA r 8) on each task's training rows, with the torch
-engine: G by backprop over --n examples, tr(H) of every B tensor by Hutchinson's estimator (z . Hz,
-Hz from central differences of gradients at B = +-h z; --probes samples), G'HG likewise along G:
+This measures it at P-RGE's start (B = 0, LoRA-FA r 8; or at --adapter) on each task's training
+rows, with the torch engine: G by backprop over --n examples, tr(H) of every B tensor by
+Hutchinson's estimator (z . Hz, Hz from central differences of gradients at B +- h z; --probes
+samples), G'HG likewise along G:
 
     python scripts/bench_zo_rate.py --tasks sst2 rte --n 32 --probes 8
 
@@ -20,17 +21,16 @@ Writes OUT.json and OUT.md (default bench/zo_rate).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_accuracy import DATA_DIR
-from bench_common import machine, write_outputs
+from bench_common import machine, made_by, write_outputs
 from bench_grad_noise import training_sample
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, LoraAdapter, init_lora_fa
+from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, LoraAdapter, init_lora_fa, read_gguf
 from prge_gguf.models import model_path
 from prge_gguf.tasks import tokenize
 
@@ -44,16 +44,16 @@ def gradient(engine: TorchEngine, batch: list, adapter: LoraAdapter, b: dict[str
 
 
 def hessian_along(engine: TorchEngine, batch: list, adapter: LoraAdapter, v: dict[str, np.ndarray]) -> dict:
-    """Hv by central differences of gradients at B = +-H v."""
-    plus = gradient(engine, batch, adapter, {n: (H * v[n]).astype(np.float32) for n in v})
-    minus = gradient(engine, batch, adapter, {n: (-H * v[n]).astype(np.float32) for n in v})
+    """Hv at the adapter's B, by central differences of gradients at B +- H v."""
+    b = adapter.b
+    plus = gradient(engine, batch, adapter, {n: (b[n] + H * v[n]).astype(np.float32) for n in v})
+    minus = gradient(engine, batch, adapter, {n: (b[n] - H * v[n]).astype(np.float32) for n in v})
     return {n: (plus[n] - minus[n]) / (2 * H) for n in v}
 
 
 def block_stats(engine: TorchEngine, batch: list, adapter: LoraAdapter, probes: int) -> dict:
-    """Per B tensor: |G|^2, Hutchinson's tr(H) (mean and its standard error over probes); and G'HG."""
-    zeros = {n: np.zeros_like(adapter.b[n]) for n in adapter.names}
-    g = gradient(engine, batch, adapter, zeros)
+    """At the adapter's B, per B tensor: |G|^2 and Hutchinson's tr(H) samples; and G'HG."""
+    g = gradient(engine, batch, adapter, dict(adapter.b))
     rng = np.random.default_rng(0)
     samples = []
     for _ in range(probes):
@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=8, help="Hutchinson samples")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="projections, or 'all' (seven)")
+    p.add_argument("--adapter", type=Path, help="measure at this adapter's A and B (one trained on the "
+                   "task) rather than at P-RGE's start")
     p.add_argument("--work", type=Path, default=Path("/tmp/zo-rate"))
     p.add_argument("--out", default="bench/zo_rate")
     args = p.parse_args()
@@ -109,7 +111,8 @@ def main() -> None:
     lines = ["| task | B of | \\|G\\|^2 | tr(H) (± se) | zero-order gain a step (nats) | "
              "first-order gain a step | dimensions paid (tr H / lambda_G) | seconds |", "|" + " --- |" * 8]
     with TorchEngine(model_path(args.model), device="cpu") as engine:
-        adapter = init_lora_fa(engine.header, targets, 8, 16.0, seed=0)
+        adapter = read_gguf(args.adapter) if args.adapter else \
+            init_lora_fa(engine.header, targets, 8, 16.0, seed=0)
         for task in args.tasks:
             batch = [tokenize(engine, ex) for ex in training_sample(task, args.data_dir, args.work, args.n)]
             t0 = time.perf_counter()
@@ -130,12 +133,11 @@ def main() -> None:
                              f"{r['trace_se']:.2g} | {r['zo_gain']:.3g} | {fo or ' | '} | {seconds:.0f} |")
             rows.append({"task": task, "blocks": stats})
     m = machine()
-    lines.append(f"\nAt P-RGE's start (LoRA-FA r 8 alpha 16, B = 0), label-word loss, one batch of {args.n} "
+    where = f"at {args.adapter}" if args.adapter else "at P-RGE's start (LoRA-FA r 8 alpha 16, B = 0)"
+    lines.append(f"\nMeasured {where}, label-word loss, one batch of {args.n} "
                  f"training rows a task, {args.probes} Hutchinson probes, torch engine on CPU. Gains are "
                  "at the best lr and without minibatch noise (which divides the zeroth-order gain by "
-                 "1 + B_noise / batch, bench/grad_noise.md). Machine: "
-                 f"{m['cpu']} ({m['cores']} cores), commit {m['git_commit']}. Made by "
-                 f"`python scripts/bench_zo_rate.py {' '.join(sys.argv[1:])}`.")
+                 f"1 + B_noise / batch, bench/grad_noise.md). {made_by(m)}")
     result = {"machine": m, "model": str(model_path(args.model)), "rows": rows}
     write_outputs(args.out, result, "\n".join(lines))
 
