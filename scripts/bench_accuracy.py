@@ -280,9 +280,13 @@ def main() -> None:
     args = p.parse_args()
     for spec in args.define:
         name, sep, flags = spec.partition("=")
-        if not sep or not name or name in METHODS:
+        try:
+            split = shlex.split(flags)
+        except ValueError as e:  # an unclosed quote
+            p.error(f"--define {spec!r}: {e}")
+        if not (sep and name and split) or name in METHODS:
             p.error(f"--define {spec!r}: expected NAME=FLAGS with a new NAME")
-        METHODS[name] = shlex.split(flags)
+        METHODS[name] = split
     if unknown := sorted(set(args.methods) - set(METHODS)):
         p.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     DATA_DIR = args.data_dir
@@ -298,6 +302,8 @@ def main() -> None:
     todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in models]
     todo += [(t, m, meth, s) for t in args.tasks for m in models for meth in args.methods for s in args.seeds]
     todo = [] if args.report_only else [k for k in todo if k not in have]
+    if not done and not todo:
+        p.error(f"nothing to report: {done_file} holds no rows")
     info = {**machine(), "host": platform.node()}
     where = (f"GPU {info['gpu'].split(',')[0]}, " if info["gpu"] else "") + \
         f"CPU {info['cpu']} ({info['cores']} cores)"

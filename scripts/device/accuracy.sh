@@ -4,8 +4,8 @@
 # MODEL is smollm2-135m or gemma3-270m (joined by model.sh from $CHUNKS). The bench stops after SECONDS;
 # its rows stay in /root/work-NAME, so a later call on the same machine goes on from them
 # (SEED_ROWS=FILE starts a fresh machine from rows fetched earlier). Env: BMIN (training
-# minutes per row, default 1), METHODS, DEFINES (further methods, NAME=FLAGS;NAME=FLAGS), NAME (output name, default accuracy-MODEL), GPUS (spread
-# the rows over this many GPUs).
+# minutes per row, default 1), METHODS, DEFINES (further methods: NAME=FLAGS;NAME=FLAGS), NAME
+# (output name, default accuracy-MODEL), GPUS (spread the rows over this many GPUs).
 # SuperGLUE data comes from carry-acc/p2/superglue (a copy of ../shared/data/superglue), the
 # training/validation splits from carry-acc/p2/tune (sweep.py and bench_accuracy write them).
 MODEL=$1; LIMIT=$2; JOBS=$3; TASKS=$4; SEEDS=$5
