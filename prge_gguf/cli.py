@@ -26,8 +26,8 @@ GPU_ZO_BATCH = 64
 GPU_MAX_N_CTX = 4096
 DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
-              "train_a", "seed", "rank", "alpha", "targets", "eval_every", "eval_size", "checkpoint_every",
-              "early_stop")
+              "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every", "eval_size",
+              "checkpoint_every", "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
                     help=f"comma-separated projections of {','.join(TARGETS)} "
                          f"(default: {','.join(DEFAULT_TARGETS)})")
+    tr.add_argument("--num-layers", type=int,
+                    help="put the adapter on the last N blocks only, as MLX-LM's --num-layers (default: all)")
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
     tr.add_argument("--eval-size", type=int, help="held-out examples per evaluation (0 = all)")
     tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
@@ -300,7 +302,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if cfg.optimizer not in ZEROTH_ORDER and not hasattr(engine, "loss_gradient"):
             raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
         if adapter is None:
-            adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
+            adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
         else:
             _check_base(adapter, engine.header, args.resume)
         train_tok = _tokenize_all(engine, train_ex, args)

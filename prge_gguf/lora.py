@@ -93,9 +93,16 @@ class LoraAdapter:
         return LoraAdapter(self.architecture, self.alpha, a, b, self.fingerprint)
 
 
-def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int, int]]:
-    """Map each targeted base weight name to its (out, in) shape; reject unknown targets."""
-    present = {m.group(2) for name in header.tensors if (m := TARGET_NAME.match(name))}
+def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -> dict[str, tuple[int, int]]:
+    """Map each targeted base weight name (of the last `num_layers` blocks; 0: of all) to its
+    (out, in) shape; reject unknown targets and more layers than the model has."""
+    matches = [m for name in header.tensors if (m := TARGET_NAME.match(name))]
+    present = {m.group(2) for m in matches}
+    blocks = sorted({int(m.group(1)) for m in matches})
+    if num_layers > len(blocks):
+        raise PrgeError(f"--num-layers: this {header.architecture} model has {len(blocks)} blocks, "
+                        f"got {num_layers}")
+    kept = set(blocks[-num_layers:]) if num_layers else set(blocks)
     for target in targets:
         if target not in present:
             known = ", ".join(t for t in TARGETS if t in present)
@@ -106,20 +113,21 @@ def target_shapes(header: GGUFHeader, targets: list[str]) -> dict[str, tuple[int
     shapes = {}
     for name, info in header.tensors.items():
         m = TARGET_NAME.match(name)
-        if m and m.group(2) in targets and len(info.shape) == 2:
+        if m and m.group(2) in targets and int(m.group(1)) in kept and len(info.shape) == 2:
             shapes[name] = (int(info.shape[0]), int(info.shape[1]))
     return dict(sorted(shapes.items()))
 
 
 def init_lora_fa(
-    header: GGUFHeader, targets: list[str], rank: int, alpha: float, seed: int
+    header: GGUFHeader, targets: list[str], rank: int, alpha: float, seed: int, num_layers: int = 0
 ) -> LoraAdapter:
-    """LoRA-FA start: A kaiming-uniform (PEFT's bound 1/sqrt(in)), B zero."""
+    """LoRA-FA start on `targets` of the last `num_layers` blocks (0: all): A kaiming-uniform
+    (PEFT's bound 1/sqrt(in)), B zero."""
     if rank < 1:
         raise PrgeError(f"--rank must be >= 1, got {rank}")
     rng = np.random.default_rng([seed, 0xA])
     a, b = {}, {}
-    for name, (out_dim, in_dim) in target_shapes(header, targets).items():
+    for name, (out_dim, in_dim) in target_shapes(header, targets, num_layers).items():
         bound = 1.0 / np.sqrt(in_dim)
         a[name] = rng.uniform(-bound, bound, size=(rank, in_dim)).astype(np.float32)
         b[name] = np.zeros((out_dim, rank), dtype=np.float32)

@@ -54,6 +54,7 @@ class TrainConfig:
     # (bench/NOTES.md) with 1/6.75 of the trainable values, so P-RGE takes a larger lr and
     # llama.cpp's LoRA compute and adapter swaps shrink in a step.
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    num_layers: int = 0  # LoRA on the last num_layers blocks only (MLX-LM's --num-layers); 0 = all
     eval_every: int = 100  # steps between evaluations on `eval_size` held-out examples
     eval_size: int = 200  # 0 = the whole eval set
     checkpoint_every: int = 50  # steps between resumable checkpoints (0 = only at the end / on Ctrl-C)
@@ -84,6 +85,7 @@ class TrainConfig:
             (self.eval_every >= 0, "--eval-every must be >= 0"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.early_stop >= 0, "--early-stop must be >= 0"),
+            (self.num_layers >= 0, "--num-layers must be >= 0 (0 = all)"),
         ]
         for ok, message in checks:
             if not ok:

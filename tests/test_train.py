@@ -97,6 +97,24 @@ def test_config_file_with_cli_override(tmp_path):
     assert not (tmp_path / "from_file").exists()
 
 
+def test_num_layers_puts_the_adapter_on_the_last_blocks(tmp_path, capsys):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "superb", "label": 1}\n')
+    common = ["train", "--task", "sst2", "--valid", str(valid), "--steps", "1", "--batch-size", "2",
+              "--eval-every", "0"]
+    assert main([*common, "--num-layers", "2", "--out", str(tmp_path / "run")]) == 0
+    adapter = read_gguf(tmp_path / "run" / "adapter.gguf")
+    # SmolLM2-135M has 30 blocks: the last two, each with the default attn_q and attn_v
+    assert adapter.names == [f"blk.{i}.{t}.weight" for i in (28, 29) for t in ("attn_q", "attn_v")]
+    assert any(np.abs(b).max() > 0 for b in adapter.b.values())  # trained, not only written
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["num_layers"] == 2
+    capsys.readouterr()
+    assert main([*common, "--num-layers", "31", "--out", str(tmp_path / "too_many")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num-layers: this llama model has 30 blocks, got 31"
+    assert not (tmp_path / "too_many").exists()
+
+
 def test_p_rge_on_a_gpu_takes_a_larger_batch_unless_told(tmp_path):
     from prge_gguf.cli import GPU_ZO_BATCH
 
