@@ -59,7 +59,7 @@ def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv
             base_model: str = "") -> Path:
     """Write `adapter` as a PEFT LoRA folder; returns the folder."""
     out_dir = Path(out_dir)
-    tensors, modules = {}, set()
+    tensors, modules, layers = {}, set(), set()
     for name in adapter.names:
         m = TARGET_NAME.match(name)
         if not m or m.group(2) not in HF_MODULES:
@@ -71,11 +71,14 @@ def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
         modules.add(HF_MODULES[target].split(".")[-1])
+        layers.add(int(layer))
     config = {
         "base_model_name_or_path": base_model, "bias": "none", "fan_in_fan_out": False,
         "inference_mode": True, "init_lora_weights": True, "lora_alpha": adapter.alpha,
         "lora_dropout": 0.0, "modules_to_save": None, "peft_type": "LORA", "r": adapter.rank,
         "target_modules": sorted(modules), "task_type": "CAUSAL_LM", "use_dora": False,
+        # an adapter on some blocks only (--num-layers): PEFT then builds LoRA layers there alone
+        "layers_to_transform": sorted(layers),
         "use_rslora": False,
         # Ours, ignored by PEFT: what to check when converting back.
         "prge_gguf": {"version": __version__, "architecture": adapter.architecture,

@@ -102,13 +102,15 @@ def test_peft_folder_reproduces_llama_cpp_in_transformers(engine, hf_model, tmp_
 
     import converters.peft as peft_conv
 
-    # q/k alone move the output less: a larger B there (where the row order matters).
-    for targets, scale in ((list(TARGETS), 0.1), (["attn_q", "attn_k"], 0.4)):
-        adapter = init_lora_fa(engine.header, targets, 8, 16, seed=1)
+    # q/k alone move the output less: a larger B there (where the row order matters); the last
+    # two blocks alone (--num-layers 2) still more.
+    for targets, num_layers, scale in ((list(TARGETS), 0, 0.1), (["attn_q", "attn_k"], 0, 0.4),
+                                       (["attn_q", "attn_v"], 2, 3.0)):
+        adapter = init_lora_fa(engine.header, targets, 8, 16, seed=1, num_layers=num_layers)
         rng = np.random.default_rng(1)
         adapter = adapter.with_b({n: (scale * rng.standard_normal(b.shape)).astype(np.float32)
                                   for n, b in adapter.b.items()})
-        folder = to_peft(adapter, tmp_path / "-".join(targets), n_head=9, n_head_kv=3)
+        folder = to_peft(adapter, tmp_path / f"{'-'.join(targets)}-{num_layers}", n_head=9, n_head_kv=3)
         model = PeftModel.from_pretrained(hf_model, str(folder))
         for text in TEXTS:
             with model.disable_adapter():
