@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="projections, or 'all' (seven)")
     p.add_argument("--adapter", type=Path, help="measure at this adapter's A and B (one trained on the "
-                   "task) rather than at P-RGE's start")
+                   "task; its targets, not --targets) rather than at P-RGE's start")
     p.add_argument("--work", type=Path, default=Path("/tmp/zo-rate"))
     p.add_argument("--out", default="bench/zo_rate")
     args = p.parse_args()

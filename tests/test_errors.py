@@ -204,6 +204,8 @@ def _input_cases(tmp_path):
         (["export", str(not_peft), "--to", "gguf", "--out", str(tmp_path / "x.gguf")],
          f"{not_peft}: not a PEFT adapter folder (adapter_config.json missing)"),
         (["train", "--resume", str(empty_dir)], f"{empty_dir}: not a run folder (no config.json)"),
+        (["train", "--task", "sst2", "--num-layers", "-1", "--out", str(tmp_path / "negative")],
+         "--num-layers must be >= 0 (0 = all)"),
     ]
 
 
