@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--task", default="rte")
     p.add_argument("--model", default=None, help="GGUF path or name (default: the shipped SmolLM2)")
     p.add_argument("--n", type=int, default=128, help="training rows for G, and as many others to score")
-    p.add_argument("--settings", nargs="+", default=["2e-2:1000:64", "2e-2:2000:64", "8e-2:600:64"],
+    p.add_argument("--settings", nargs="+", default=[(2e-2, 1000, 64), (2e-2, 2000, 64), (8e-2, 600, 64)],
                    type=parse_setting, help="lr:steps:batch of the P-RGE runs to stand for")
     p.add_argument("--directions", type=int, default=3, help="random walk directions a setting")
     p.add_argument("--lengths", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0],
@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/zo-walk"))
     p.add_argument("--out", default="bench/zo_walk")
     args = p.parse_args()
+    if args.directions < 2:
+        p.error("--directions: at least 2 (the table gives their spread)")
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with TorchEngine(model_path(args.model), device="cpu") as engine:
