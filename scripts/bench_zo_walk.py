@@ -4,10 +4,10 @@ In expectation a P-RGE step is SGD's, -lr G; what it adds is noise, lr (g z - G)
 directional derivative along z ~ N(0, I_d). Summed over N steps that noise is a walk of radius about
 R = lr sqrt(N d E[g^2]), E[g^2] = |G|^2 + tr(S)/b (bench_grad_noise's terms), spread over all d
 values of B: with d = 184k, many times the length of the drift. This measures, at P-RGE's start
-(B = 0, LoRA-FA r 8) on a task's training rows, torch engine: G and tr(S) by backprop over --n rows;
-then the loss and accuracy of --n other rows at B = R u (u a random unit direction, --directions of
-them) for each (lr, steps, batch) of --settings, and along the gradient, B = -t G / |G| for the
-lengths t of --lengths (what a straight step buys at the start, for scale).
+(B = 0, LoRA-FA r 8) or around --adapter's B, on a task's training rows, torch engine: G and tr(S)
+by backprop over --n rows; then the loss and accuracy of --n other rows at the start plus R u (u a
+random unit direction, --directions of them) for each (lr, steps, batch) of --settings, and along
+the gradient, start - t G / |G| for the lengths t of --lengths (what a straight step buys, for scale).
 
     python scripts/bench_zo_walk.py --task rte --n 128 --settings 2e-2:500:64 2e-2:1000:64 \
         2e-2:2000:64 8e-2:600:64
@@ -27,7 +27,7 @@ from bench_common import machine, made_by, write_outputs
 from bench_grad_noise import noise_scale, per_example_gradients, training_sample
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter, init_lora_fa
+from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter, init_lora_fa, read_gguf
 from prge_gguf.models import model_path
 from prge_gguf.tasks import tokenize
 from prge_gguf.train import evaluate
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--directions", type=int, default=3, help="random walk directions a setting")
     p.add_argument("--lengths", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0],
                    help="lengths of the steps along -G")
+    p.add_argument("--adapter", type=Path, help="measure around this adapter's B (one trained on the task) "
+                   "rather than at P-RGE's start")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--work", type=Path, default=Path("/tmp/zo-walk"))
     p.add_argument("--out", default="bench/zo_walk")
@@ -68,7 +70,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with TorchEngine(model_path(args.model), device="cpu") as engine:
-        adapter = init_lora_fa(engine.header, list(DEFAULT_TARGETS), 8, 16.0, seed=0)
+        adapter = read_gguf(args.adapter) if args.adapter else \
+            init_lora_fa(engine.header, list(DEFAULT_TARGETS), 8, 16.0, seed=0)
+        origin = np.concatenate([adapter.b[n].ravel() for n in sorted(adapter.names)]).astype(np.float64)
         sample = training_sample(args.task, args.data_dir, args.work, 2 * args.n)
         rows = [tokenize(engine, ex) for ex in sample]
         fit, scored = rows[:args.n], rows[args.n:]
@@ -77,7 +81,7 @@ def main() -> None:
         gradient, d = grads.mean(0), grads.shape[1]
 
         def score(b: np.ndarray) -> dict[str, float]:
-            return evaluate(engine, scored, adapter.with_b(as_tensors(adapter, b)), "label")
+            return evaluate(engine, scored, adapter.with_b(as_tensors(adapter, origin + b)), "label")
 
         start = score(np.zeros(d))
         along = [{"length": t, **score(-t * gradient / np.linalg.norm(gradient))} for t in args.lengths]
@@ -92,16 +96,20 @@ def main() -> None:
     seconds = time.perf_counter() - t0
 
     lines = ["| B | length | loss (mean ± sd) | accuracy |", "| --- | --- | --- | --- |",
-             f"| 0 (start) | 0 | {start['loss']:.3f} | {start['accuracy']:.3f} |"]
-    lines += [f"| -t G/\\|G\\| | {a['length']:g} | {a['loss']:.3f} | {a['accuracy']:.3f} |" for a in along]
+             f"| {'the adapter' if args.adapter else '0'} (start) | 0 | {start['loss']:.3f} | "
+             f"{start['accuracy']:.3f} |"]
+    lines += [f"| start - t G/\\|G\\| | {a['length']:g} | {a['loss']:.3f} | {a['accuracy']:.3f} |"
+              for a in along]
     for w in walks:
         loss, acc = (np.array([pt[k] for pt in w["points"]]) for k in ("loss", "accuracy"))
-        lines.append(f"| walk of lr {w['lr']:g}, {w['steps']} steps, batch {w['batch']} | "
+        lines.append(f"| start + walk of lr {w['lr']:g}, {w['steps']} steps, batch {w['batch']} | "
                      f"{w['radius']:.1f} | {loss.mean():.3f} ± {loss.std(ddof=1):.3f} | "
                      f"{acc.mean():.3f} ± {acc.std(ddof=1):.3f} |")
     m = machine()
-    lines.append(f"\n{args.task}, {args.n} training rows for G and tr(S) (|G|^2 {noise['grad_sq']:.3g}, "
-                 f"tr(S) {noise['trace_cov']:.3g}), {args.n} other training rows scored; d = {d};"
+    where = f"Around {args.adapter}" if args.adapter else "At P-RGE's start (B = 0)"
+    lines.append(f"\n{where}: {args.task}, {args.n} training rows for G and tr(S) "
+                 f"(|G|^2 {noise['grad_sq']:.3g}, tr(S) {noise['trace_cov']:.3g}), {args.n} other "
+                 f"training rows scored; d = {d};"
                  f" each walk in {args.directions} random directions. Torch engine on CPU, {seconds:.0f} s. "
                  + made_by(m))
     write_outputs(args.out, {"machine": m, "model": str(model_path(args.model)), "task": args.task,
