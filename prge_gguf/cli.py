@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
     tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
     tr.add_argument("--resume", metavar="RUN_DIR",
-                    help="continue the run in RUN_DIR from its last checkpoint, with its saved settings")
+                    help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
+                         "(--threads, --n-gpu-layers, --device: as saved unless given)")
     tr.add_argument("--steps", type=int, help="P-RGE steps")
     tr.add_argument("--batch-size", type=int, help=f"examples per step (default 16; P-RGE on a GPU "
                                                    f"{GPU_ZO_BATCH})")
@@ -215,7 +216,9 @@ _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
 _DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64,
              "engine": "llama", "device": "cpu"}
-_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", "threads", "n_gpu_layers", "device")
+# Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
+_MACHINE_KEYS = ("threads", "n_gpu_layers", "device")
+_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", *_MACHINE_KEYS)
 
 
 def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
@@ -313,7 +316,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if run is None:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
             record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,
-                                   version=__version__)
+                                   machine={k: getattr(args, k) for k in _MACHINE_KEYS}, version=__version__)
             run = RunDir.open_new(Path(args.out), record) if workers.is_main \
                 else RunDir(Path(args.out), writable=False)
         t0 = time.perf_counter()
@@ -469,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for key, value in load_config_file(args.config, _FILE_KEYS).items():
                 if getattr(args, key) is None:
+                    setattr(args, key, value)
+        if getattr(args, "resume", None):
+            from prge_gguf.run_dir import RunDir
+
+            for key, value in RunDir.saved_machine(Path(args.resume)).items():
+                if key in _MACHINE_KEYS and getattr(args, key) is None:
                     setattr(args, key, value)
         for key, value in _DEFAULTS.items():
             if hasattr(args, key) and getattr(args, key) is None:

@@ -73,6 +73,15 @@ class RunDir:
         run._metrics = (path / "metrics.jsonl").open("a")
         return run
 
+    @staticmethod
+    def saved_machine(path: Path) -> dict:
+        """The machine settings (threads, GPU layers, device) a run folder was started with; empty
+        where it has none (older runs) or is no run folder (`open_resume` says so)."""
+        try:
+            return json.loads((path / "config.json").read_text()).get("machine", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+
     @classmethod
     def open_resume(cls, path: Path, writable: bool = True
                     ) -> tuple[RunDir, dict, int, LoraAdapter, dict[str, np.ndarray]]:

@@ -6,15 +6,19 @@
 # e.g. long.sh smollm2-135m 540 "rte-2e-2=--task rte --data carry-acc/p2/tune/rte-tune-train.jsonl
 #   --valid carry-acc/p2/tune/rte-tune-valid.jsonl --n-gpu-layers -1 --lr-schedule constant --steps 4000
 #   --checkpoint-every 100 --eval-every 200 --eval-size 500"
-# Returns long.tgz (each run's metrics.jsonl and config.json) and prints each run's evaluations.
+# Returns long.tgz (each run's folder less adapter.gguf: its checkpoint and best.gguf too) and prints
+# each run's evaluations. FROM=DIR (a carried folder of such run folders, long.tgz unpacked) continues
+# runs a former machine started. Resumed runs get --n-gpu-layers -1: a run's saved settings hold what
+# it trains, not where.
 MODEL=$1; LIMIT=$2; RUNS=$3
 . scripts/device/model.sh "$MODEL"
 NGPU=$(nvidia-smi -L | wc -l); i=0; NAMES=()
+mkdir -p /root/long; [ -n "$FROM" ] && cp -rn "$FROM"/. /root/long/
 IFS=';' read -ra runs <<< "$RUNS"
 for run in "${runs[@]}"; do
   name=${run%%=*}; flags=${run#*=}; dir=/root/long/$name; NAMES+=("$name")
   [ -f $dir/checkpoint.json ] || rm -rf $dir  # stopped before its first checkpoint: start again
-  if [ -d $dir ]; then args=(--resume $dir); else args=(--model /root/$MODEL.gguf --out $dir $flags); fi
+  if [ -d $dir ]; then args=(--resume $dir --n-gpu-layers -1); else args=(--model /root/$MODEL.gguf --out $dir $flags); fi
   CUDA_VISIBLE_DEVICES=$((i % NGPU)) timeout $LIMIT python3 -m prge_gguf train "${args[@]}" \
     > /root/long-$name.log 2>&1 &
   i=$((i + 1))
@@ -25,4 +29,4 @@ for name in "${NAMES[@]}"; do
   python3 -c "import json,sys; [print(r['step'], round(r['eval_accuracy'], 3), round(r['eval_loss'], 3))
 for r in map(json.loads, open(sys.argv[1])) if 'eval_accuracy' in r]" /root/long/$name/metrics.jsonl
 done
-(cd /root/long && tar czf $OUT/long.tgz */metrics.jsonl */config.json)
+(cd /root/long && tar czf $OUT/long.tgz --exclude adapter.gguf "${NAMES[@]}")
