@@ -246,7 +246,8 @@ def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
 
 def _describe(m: dict) -> str:
     acc = f"accuracy {m['accuracy']:.4f}, " if m["accuracy"] is not None else ""
-    return f"{acc}loss {m['loss']:.4f} on {m['n']} examples"
+    picks = f" (predicted options: {' / '.join(map(str, m['predicted']))})" if m["predicted"] else ""
+    return f"{acc}loss {m['loss']:.4f} on {m['n']} examples{picks}"
 
 
 def _check_base(adapter, header, path: str) -> None:

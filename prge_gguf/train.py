@@ -95,42 +95,46 @@ class TrainConfig:
 def example_losses(
     engine: Engine, batch: Sequence[TokenizedExample], adapters: AdapterSet, loss: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example (loss, correct 1/0, NaN for language modelling) under `adapters`, all
-    examples scored in as few decodes as fit."""
+    """Per-example (loss, predicted option index, NaN for language modelling) under
+    `adapters`, all examples scored in as few decodes as fit."""
     return losses_of(batch, engine.score([r for ex in batch for r in ex.requests], adapters), loss)
 
 
 def losses_of(
     batch: Sequence[TokenizedExample], results: Sequence[Sequence[np.ndarray]], loss: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example (loss, correct) from the engine's results for all of `batch`'s requests."""
-    losses, correct, i = [], [], 0
+    """Per-example (loss, predicted option) from the engine's results for all of `batch`'s requests."""
+    losses, predicted, i = [], [], 0
     for ex in batch:
         scores = option_scores(ex, results[i : i + len(ex.requests)])
         i += len(ex.requests)
         losses.append(example_loss(ex, scores, loss))
-        correct.append(np.nan if ex.n_scored else float(int(np.argmax(scores)) == ex.label))
-    return np.array(losses), np.array(correct)
+        predicted.append(np.nan if ex.n_scored else float(np.argmax(scores)))
+    return np.array(losses), np.array(predicted)
 
 
 def evaluate(
     engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str,
     workers: Workers | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy (None without choice examples) over `examples`; the base model
-    when `adapter` is None. With several `workers`, each scores its share of the chunks."""
+    """Mean loss, accuracy and how often each option was predicted (None, [] without choice
+    examples) over `examples`; the base model when `adapter` is None. With several `workers`,
+    each scores its share of the chunks."""
     # Fixed chunks, dealt out whole: llama.cpp's logits depend on which sequences share a
     # decode, so the same chunking on any number of ranks gives the same numbers.
     workers = workers or Workers()
     chunks = [slice(i, i + EVAL_CHUNK) for i in range(0, len(examples), EVAL_CHUNK)]
-    losses, correct = np.zeros(len(examples)), np.zeros(len(examples))
+    losses, predicted = np.zeros(len(examples)), np.zeros(len(examples))
     for k in workers.mine(len(chunks)):
-        losses[chunks[k]], correct[chunks[k]] = example_losses(
+        losses[chunks[k]], predicted[chunks[k]] = example_losses(
             engine, examples[chunks[k]], [(adapter, 1.0)] if adapter else [], loss)
-    losses, correct = workers.combine(losses), workers.combine(correct)
-    choices = correct[~np.isnan(correct)]
-    accuracy = float(choices.mean()) if len(choices) else None
-    return {"loss": float(losses.mean()), "accuracy": accuracy, "n": len(examples)}
+    losses, predicted = workers.combine(losses), workers.combine(predicted)
+    choices = [(ex.label, int(p)) for ex, p in zip(examples, predicted, strict=True) if not np.isnan(p)]
+    accuracy = float(np.mean([label == p for label, p in choices])) if choices else None
+    # A classifier that says one class throughout shows here, not in its accuracy.
+    width = max((ex.n_options for ex in examples if not ex.n_scored), default=0)
+    counts = np.bincount(np.array([p for _, p in choices], dtype=int), minlength=width).tolist()
+    return {"loss": float(losses.mean()), "accuracy": accuracy, "n": len(examples), "predicted": counts}
 
 
 def pair_loss_fn(
@@ -243,7 +247,7 @@ def train(
         nonlocal best, stale
         m = evaluate(engine, eval_subset, adapter, cfg.loss, workers)
         run.metrics({"step": step, "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
-                     "eval_n": m["n"], "wall": time.perf_counter() - start})
+                     "eval_predicted": m["predicted"], "eval_n": m["n"], "wall": time.perf_counter() - start})
         on_eval(step, m)
         score = _eval_score(m["accuracy"], m["loss"])
         if score > best:

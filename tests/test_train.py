@@ -68,6 +68,14 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+    assert len(result["predicted"]) == 2 and sum(result["predicted"]) == 3
+    ones = tmp_path / "ones.jsonl"  # one label throughout: the accuracy is the share predicted as it
+    ones.write_text("".join(json.dumps({"text": t, "label": 1}) + "\n" for t in
+                            ["a masterpiece", "dull and lifeless", "wonderful", "tedious"]))
+    assert main(["eval", "--data", str(ones), "--label-words", "0=terrible,1=great", "--template",
+                 "{text} It was", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert sum(result["predicted"]) == 4 and result["accuracy"] == result["predicted"][1] / 4
 
 
 def test_adapter_for_another_base_is_refused(tmp_path, capsys, engine):

@@ -8,8 +8,8 @@
 #   --checkpoint-every 100 --eval-every 200 --eval-size 500"
 # Returns long.tgz (each run's folder less adapter.gguf: its checkpoint and best.gguf too) and prints
 # each run's evaluations. FROM=DIR (a carried folder of such run folders, long.tgz unpacked) continues
-# runs a former machine started. Resumed runs get --n-gpu-layers -1: a run's saved settings hold what
-# it trains, not where.
+# runs a former machine started. Resumed runs are told --n-gpu-layers -1 (run folders from before
+# config.json kept it do not say).
 MODEL=$1; LIMIT=$2; RUNS=$3
 . scripts/device/model.sh "$MODEL"
 NGPU=$(nvidia-smi -L | wc -l); i=0; NAMES=()
