@@ -116,7 +116,7 @@ def losses_of(
 def evaluate(
     engine: Engine, examples: Sequence[TokenizedExample], adapter: LoraAdapter | None, loss: str,
     workers: Workers | None = None,
-) -> dict[str, float]:
+) -> dict:
     """Mean loss, accuracy and how often each option was predicted (None, [] without choice
     examples) over `examples`; the base model when `adapter` is None. With several `workers`,
     each scores its share of the chunks."""

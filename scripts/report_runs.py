@@ -1,0 +1,104 @@
+"""Report on finished (or stopped) training runs: each run folder's settings, its held-out
+evaluations from metrics.jsonl, and with --test the test set's accuracy of the base model, of
+best.gguf (the best held-out evaluation's adapter, MeZO's selection) and of the last adapter
+(adapter.gguf, else the newest checkpoint), each scored by `prge-gguf eval`.
+
+For runs too long for one sitting (scripts/device/long.sh brings their folders back):
+
+    python scripts/report_runs.py runs/lr1e-2 runs/lr2e-2 --task rte \
+        --test ../shared/data/superglue/RTE/val.jsonl --out bench/sweeps/rte-long
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_common import machine, made_by, write_outputs
+from gguf import GGUFReader
+
+# The settings a row shows (config.json's "train"), in this order.
+SHOWN = ("optimizer", "lr", "lr_schedule", "batch_size", "q", "rank", "alpha", "eps", "steps", "seed")
+
+
+def last_adapter(run: Path) -> Path | None:
+    """adapter.gguf, else the newest checkpoint (a stopped run's folder as long.sh returns it)."""
+    if (run / "adapter.gguf").exists():
+        return run / "adapter.gguf"
+    return max(run.glob("checkpoint-*.gguf"), default=None)
+
+
+def best_step(path: Path) -> int:
+    """The step best.gguf was saved at (its prge.step metadata)."""
+    field = GGUFReader(path).fields["prge.step"]
+    return int(bytes(field.parts[field.data[0]]).decode())
+
+
+def score(task: str, test: Path, adapter: Path | None, extra: list[str]) -> dict:
+    """`prge-gguf eval --json` of `adapter` (None: the base model) on `test`."""
+    cmd = [sys.executable, "-m", "prge_gguf", "eval", "--task", task, "--valid", str(test), "--json", *extra]
+    done = subprocess.run(cmd + (["--adapter", str(adapter)] if adapter else []), capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(run: Path, task: str, test: Path | None, extra: list[str]) -> dict:
+    """One run's row: settings, steps done, evaluations, test scores."""
+    config = json.loads((run / "config.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    row = {"run": run.name, "settings": {k: config["train"][k] for k in SHOWN},
+           "steps_done": max((r["step"] for r in rows if "step_s" in r), default=0),
+           "evals": [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_loss" in r]}
+    if test:
+        row["best_step"] = best_step(run / "best.gguf")
+        row["test_best"] = score(task, test, run / "best.gguf", extra)
+        last = last_adapter(run)
+        row["test_last"] = score(task, test, last, extra) if last else None
+    return row
+
+
+def table(rows: list[dict], zero: dict | None, m: dict) -> str:
+    """The Markdown table of `report`'s rows, the base model's test score under it (with --test)."""
+    head = "| run | settings | steps | held-out accuracy (step: acc) |"
+    lines = [head + (" test: best (step) | test: last |" if zero else ""),
+             "|" + " --- |" * (head.count("|") - 1 + (2 if zero else 0))]
+    for r in rows:
+        s = r["settings"]
+        settings = " ".join(f"{k}={s[k]}" for k in SHOWN if k != "steps") + f" of {s['steps']}"
+        evals = ", ".join(f"{step}: {acc:.3f}" for step, acc, _ in r["evals"])
+        line = f"| {r['run']} | {settings} | {r['steps_done']} | {evals} |"
+        if zero:
+            last = f"{r['test_last']['accuracy']:.3f}" if r["test_last"] else "-"
+            line += f" {r['test_best']['accuracy']:.3f} ({r['best_step']}) | {last} |"
+        lines.append(line)
+    if zero:
+        lines.append(f"\nBase model on the test set: accuracy {zero['accuracy']:.3f}, "
+                     f"loss {zero['loss']:.3f} ({zero['n']} rows).")
+    return "\n".join(lines) + "\n\n" + made_by(m)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders")
+    p.add_argument("--task", required=True, help="the runs' task (for scoring --test)")
+    p.add_argument("--test", type=Path,
+                   help="test file: score the base model, best.gguf and the last adapter on it")
+    p.add_argument("--eval-args", default="", help="more `prge-gguf eval` flags, e.g. '--n-gpu-layers -1'")
+    p.add_argument("--out", required=True, help="output stem: OUT.json and OUT.md")
+    args = p.parse_args()
+    extra = shlex.split(args.eval_args)
+    rows = [report(run, args.task, args.test, extra) for run in args.runs]
+    zero = score(args.task, args.test, None, extra) if args.test else None
+    m = machine()
+    write_outputs(args.out, {"machine": m, "task": args.task, "test": str(args.test), "zero_shot": zero,
+                             "runs": rows}, table(rows, zero, m))
+
+
+if __name__ == "__main__":
+    main()
