@@ -462,6 +462,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fill_unset(args: argparse.Namespace, values: dict) -> None:
+    """Set each of `values` where this command has the flag and its command line left it unset."""
+    for key, value in values.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
@@ -471,18 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "config", None):
             from prge_gguf.config_file import load_config_file
 
-            for key, value in load_config_file(args.config, _FILE_KEYS).items():
-                if getattr(args, key) is None:
-                    setattr(args, key, value)
+            _fill_unset(args, load_config_file(args.config, _FILE_KEYS))
         if getattr(args, "resume", None):
             from prge_gguf.run_dir import RunDir
 
-            for key, value in RunDir.saved_machine(Path(args.resume)).items():
-                if key in _MACHINE_KEYS and getattr(args, key) is None:
-                    setattr(args, key, value)
-        for key, value in _DEFAULTS.items():
-            if hasattr(args, key) and getattr(args, key) is None:
-                setattr(args, key, value)
+            saved = RunDir.saved_machine(Path(args.resume))
+            _fill_unset(args, {k: v for k, v in saved.items() if k in _MACHINE_KEYS})
+        _fill_unset(args, _DEFAULTS)
         return handler(args)
     except PrgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,8 +34,7 @@ def last_adapter(run: Path) -> Path | None:
 
 def best_step(path: Path) -> int:
     """The step best.gguf was saved at (its prge.step metadata)."""
-    field = GGUFReader(path).fields["prge.step"]
-    return int(bytes(field.parts[field.data[0]]).decode())
+    return int(GGUFReader(path).fields["prge.step"].contents())
 
 
 def score(task: str, test: Path, adapter: Path | None, extra: list[str]) -> dict:
