@@ -75,10 +75,14 @@ def write_outputs(stem: str, result: dict, table: str) -> None:
 
 class GpuSlots:
     """Spreads the jobs a benchmark runs at once over `n` GPUs of one machine: each job gets the
-    GPU running the fewest jobs (CUDA_VISIBLE_DEVICES); with n = 0 jobs see the environment as is."""
+    GPU running the fewest jobs (CUDA_VISIBLE_DEVICES); with n = 0 jobs see the environment as is.
+    The GPUs are the first `n` that CUDA_VISIBLE_DEVICES lists where it is set (so benchmarks
+    started side by side can share a machine's GPUs out between them), else 0 .. n-1."""
 
     def __init__(self, n: int) -> None:
-        self._jobs = [0] * n
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._ids = visible.split(",")[:n] if visible else [str(i) for i in range(n)]
+        self._jobs = [0] * len(self._ids)
         self._lock = threading.Lock()
 
     @contextmanager
@@ -91,7 +95,7 @@ class GpuSlots:
             gpu = min(range(len(self._jobs)), key=self._jobs.__getitem__)
             self._jobs[gpu] += 1
         try:
-            yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": self._ids[gpu]}
         finally:
             with self._lock:
                 self._jobs[gpu] -= 1
