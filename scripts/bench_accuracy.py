@@ -55,16 +55,22 @@ TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
+_B64 = ["--q", "1", "--batch-size", "64", "--n-ctx", "4096"]
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],
     # On a GPU a larger batch costs little more time a step and cuts the estimate's noise (bench/NOTES.md).
-    "zo-b64": ["--q", "1", "--batch-size", "64", "--n-ctx", "4096"],
+    "zo-b64": _B64,
     # The baseline at its strongest: all seven projections (P-RGE's default is attn_q + attn_v).
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16", "--targets", ",".join(TARGETS)],
     # First-order on P-RGE's own adapter (attn_q + attn_v): zeroth- against first-order, all else equal.
     "fo-qv": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16"],
+    # Longer budgets (bench/accuracy-18min.md): batch 64 at a constant lr, 1e-2 (RTE's 4000-step run,
+    # WiC) or 2e-3 (COPA, whose loss climbs at larger steps). Not in the default --methods.
+    "zo-b64c": [*_B64, "--lr-schedule", "constant", "--lr", "1e-2"],
+    "zo-b64s": [*_B64, "--lr-schedule", "constant", "--lr", "2e-3"],
 }
+DEFAULT_METHODS = ["zo-q1", "zo-q4", "zo-b64", "fo", "fo-qv"]
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
             "from prge_gguf.cli import main; rc = main(sys.argv[1:]); print('PEAK_RSS_MIB', peak_rss_mib()); "
@@ -254,7 +260,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
                    help="model names or GGUF paths; LABEL=PATH names a path's rows LABEL")
-    p.add_argument("--methods", nargs="+", default=list(METHODS),
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                    help=f"of {', '.join(METHODS)} and --define's")
     p.add_argument("--define", action="append", default=[], metavar="NAME=FLAGS",
                    help="one more method: its train flags (a candidate from a sweep), e.g. "
