@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
                          "(--threads, --n-gpu-layers, --device: as saved unless given)")
+    tr.add_argument("--adapter", metavar="FILE",
+                    help="start from this LoRA adapter GGUF (a run's adapter.gguf or best.gguf, or one "
+                         "llama.cpp converted) instead of a fresh one: its rank, alpha, targets and A "
+                         "come with it, and training goes on from its B (MLX-LM's --resume-adapter-file)")
     tr.add_argument("--steps", type=int, help="P-RGE steps")
     tr.add_argument("--batch-size", type=int, help=f"examples per step (default 16; P-RGE on a GPU "
                                                    f"{GPU_ZO_BATCH})")
@@ -212,7 +216,7 @@ def _datasets(args: argparse.Namespace):
 
 
 _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
-                "truncate", "engine")
+                "truncate", "engine", "adapter")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
 _DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64,
              "engine": "llama", "device": "cpu"}
@@ -251,11 +255,29 @@ def _describe(m: dict) -> str:
 
 
 def _check_base(adapter, header, path: str) -> None:
-    """Refuse an adapter whose recorded base-model fingerprint is not this model's."""
+    """Refuse an adapter whose recorded base-model fingerprint is not this model's, or (adapters
+    from elsewhere record none) whose tensors do not fit this model's weights."""
     base = base_fingerprint(header)
     if adapter.fingerprint and adapter.fingerprint != base:
         raise PrgeError(f"{path}: adapter was trained for another base model "
                         f"(fingerprint {adapter.fingerprint}, this model {base})")
+    for name in adapter.names:
+        info = header.tensors.get(name)
+        needs = (adapter.b[name].shape[0], adapter.a[name].shape[1])  # (out, in), as the header's shape
+        if info is None or tuple(info.shape) != needs:
+            has = f"shape {tuple(info.shape)}" if info else "no such weight"
+            raise PrgeError(f"{path}: adapter tensor {name} needs a weight of shape {needs}, this model "
+                            f"has {has}: an adapter for another model")
+
+
+def _start_adapter(path: str, overrides: dict):
+    """The adapter `train --adapter` starts from; its shape settings are its own, not flags'."""
+    from prge_gguf.lora import read_gguf
+
+    shape_flags = ("rank", "alpha", "targets", "num_layers")
+    if given := [f"--{f.replace('_', '-')}" for f in shape_flags if f in overrides]:
+        raise PrgeError(f"--adapter {path} sets the rank, alpha, targets and blocks: drop {', '.join(given)}")
+    return read_gguf(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -279,6 +301,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
 
     say = print if workers.is_main else lambda *a, **k: None
     if args.resume:
+        if args.adapter:
+            raise PrgeError("--resume continues a run from its checkpoint; --adapter starts a new one: "
+                            "drop one of them")
         run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
             Path(args.resume), writable=workers.is_main)
         cfg = TrainConfig(**saved["train"])
@@ -292,7 +317,10 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         tuned = architecture_defaults(architecture, optimizer)
         if _on_gpu(args) and optimizer in ZEROTH_ORDER:
             tuned["batch_size"] = GPU_ZO_BATCH
-        cfg, run, start_step, adapter, optimizer_state = TrainConfig(**tuned | overrides), None, 0, None, {}
+        adapter = _start_adapter(args.adapter, overrides) if args.adapter else None
+        if adapter is not None:
+            overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets}
+        cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
@@ -308,7 +336,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
         else:
-            _check_base(adapter, engine.header, args.resume)
+            _check_base(adapter, engine.header, args.resume or args.adapter)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if not args.n_ctx:  # before the first decode: the KV cache is sized by it

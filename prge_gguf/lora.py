@@ -73,6 +73,11 @@ class LoraAdapter:
         """The LoRA rank r."""
         return next(iter(self.a.values())).shape[0]
 
+    @property
+    def targets(self) -> list[str]:
+        """The projections it adapts (attn_q, attn_v, ...), as --targets names them."""
+        return sorted({m.group(2) for n in self.names if (m := TARGET_NAME.match(n))})
+
     def with_b(self, b: dict[str, np.ndarray]) -> LoraAdapter:
         """The same adapter (A shared, not copied) with new B tensors."""
         return LoraAdapter(self.architecture, self.alpha, self.a, b, self.fingerprint)

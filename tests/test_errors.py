@@ -204,6 +204,8 @@ def _input_cases(tmp_path):
         (["export", str(not_peft), "--to", "gguf", "--out", str(tmp_path / "x.gguf")],
          f"{not_peft}: not a PEFT adapter folder (adapter_config.json missing)"),
         (["train", "--resume", str(empty_dir)], f"{empty_dir}: not a run folder (no config.json)"),
+        (["train", "--resume", str(empty_dir), "--adapter", "a.gguf"],
+         "--resume continues a run from its checkpoint; --adapter starts a new one: drop one of them"),
         (["train", "--task", "sst2", "--num-layers", "-1", "--out", str(tmp_path / "negative")],
          "--num-layers must be >= 0 (0 = all)"),
     ]
@@ -259,4 +261,23 @@ def test_distributed_first_order_is_refused_before_anything_is_written(tmp_path)
     expected = r"^--distributed shares P-RGE's loss values: use --optimizer zo or zo-momentum or zo-adam$"
     with pytest.raises(PrgeError, match=expected):
         _train_as(Workers(rank=0, size=2), args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_adapter_that_does_not_fit_the_model(capsys, tmp_path, model_path):
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa, write_gguf
+
+    # As llama.cpp's converter writes one for another model: no fingerprint, other shapes.
+    fresh = init_lora_fa(read_header(model_path), ["attn_v"], 4, 8, seed=0)
+    name = "blk.0.attn_v.weight"
+    other = type(fresh)(fresh.architecture, 8.0, {name: fresh.a[name][:, :100]}, {name: fresh.b[name]})
+    path = tmp_path / "other.gguf"
+    write_gguf(other, path)
+    for command in (["eval", "--task", "sst2", "--limit", "1", "--adapter", str(path)],
+                    ["train", "--task", "sst2", "--adapter", str(path), "--out", str(tmp_path / "run")]):
+        code, err = _run(capsys, *command)
+        assert code == 2 and "\n" not in err
+        assert err == (f"error: {path}: adapter tensor {name} needs a weight of shape (192, 100), this "
+                       "model has shape (192, 576): an adapter for another model"), err
     assert not (tmp_path / "run").exists()

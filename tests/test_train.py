@@ -91,6 +91,33 @@ def test_adapter_for_another_base_is_refused(tmp_path, capsys, engine):
     assert code == 2 and "adapter was trained for another base model" in err and str(path) in err
 
 
+def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "superb", "label": 1}\n')
+    common = ["train", "--task", "sst2", "--valid", str(valid), "--batch-size", "2", "--eval-every", "0"]
+    assert main([*common, "--targets", "attn_v", "--rank", "4", "--alpha", "4", "--steps", "2",
+                 "--out", str(tmp_path / "first")]) == 0
+    start = tmp_path / "first" / "adapter.gguf"
+    first = read_gguf(start)
+    # No steps: the adapter comes back as given; one step: the same A, B trained on from the file's.
+    assert main([*common, "--adapter", str(start), "--steps", "0", "--out", str(tmp_path / "same")]) == 0
+    assert main([*common, "--adapter", str(start), "--steps", "1", "--seed", "5",
+                 "--out", str(tmp_path / "on")]) == 0
+    same, on = read_gguf(tmp_path / "same" / "adapter.gguf"), read_gguf(tmp_path / "on" / "adapter.gguf")
+    for name in first.names:
+        np.testing.assert_array_equal(same.b[name], first.b[name])
+        np.testing.assert_array_equal(on.a[name], first.a[name])
+    assert any(not np.array_equal(on.b[n], first.b[n]) for n in first.names)
+    saved = json.loads((tmp_path / "on" / "config.json").read_text())
+    assert [saved["train"][k] for k in ("rank", "alpha", "targets")] == [4, 4.0, ["attn_v"]]
+    assert saved["source"]["adapter"] == str(start)
+    capsys.readouterr()
+    assert main([*common, "--adapter", str(start), "--rank", "8", "--out", str(tmp_path / "clash")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: --adapter {start} sets the rank, alpha, targets and blocks: drop --rank"
+    assert not (tmp_path / "clash").exists()
+
+
 def test_config_file_with_cli_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     valid = tmp_path / "valid.jsonl"
