@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.lora import TARGET_NAME, LoraAdapter
 
 # llama.cpp projection -> Hugging Face module path inside a decoder layer.
@@ -88,6 +89,13 @@ def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def to_peft_for(adapter: LoraAdapter, out_dir: str | Path, header: GGUFHeader) -> Path:
+    """`to_peft` with the head counts and base-model name of the GGUF whose `header` is given."""
+    n_head, n_head_kv = header.head_counts
+    return to_peft(adapter, out_dir, n_head=n_head, n_head_kv=n_head_kv,
+                   base_model=str(header.metadata.get("general.name", "")))
 
 
 def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: int | None = None,

@@ -366,9 +366,10 @@ def _train_as(workers, args: argparse.Namespace) -> int:
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
                 say(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
+            peft = run.save_peft(adapter, engine.header)
         finally:
             run.close()
-    say(f"adapter written to {run.path / 'adapter.gguf'}")
+    say(f"adapter written to {run.path / 'adapter.gguf'} (llama.cpp) and {peft} (PEFT)")
     return 0
 
 
@@ -460,7 +461,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`prge-gguf export`: GGUF adapter <-> PEFT folder, or merged into the base model."""
-    from converters.peft import from_peft, to_peft
+    from converters.peft import from_peft, to_peft_for
     from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import read_gguf, write_gguf
 
@@ -471,7 +472,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else read_gguf(source)
     _check_base(adapter, header, str(source))
     if args.to == "peft":
-        to_peft(adapter, args.out, base_model=str(header.metadata.get("general.name", "")), **heads)
+        to_peft_for(adapter, args.out, header)
     elif args.to == "merged":
         from converters.merge import merge
 

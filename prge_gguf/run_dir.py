@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -22,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 
 
@@ -138,6 +140,29 @@ class RunDir:
         except OSError as exc:
             raise PrgeError(f"{path}: cannot write the adapter ({exc.strerror or exc}); "
                             "the previous version is intact") from None
+        return path
+
+    def save_peft(self, adapter: LoraAdapter, header: GGUFHeader) -> Path:
+        """Write `adapter` as the PEFT folder `peft/` for the model of `header`: built beside the
+        old one, which it then replaces by renames."""
+        from converters.peft import to_peft_for
+
+        path = self.path / "peft"
+        if not self.writable:
+            return path
+        new = Path(tempfile.mkdtemp(dir=self.path, prefix=".peft.", suffix=".tmp"))
+        old = self.path / ".peft.old"
+        try:
+            to_peft_for(adapter, new, header)
+            if path.exists():
+                path.rename(old)
+            new.rename(path)
+        except OSError as exc:
+            raise PrgeError(f"{path}: cannot write the PEFT adapter ({exc.strerror or exc}); "
+                            "adapter.gguf is intact ('prge-gguf export' converts it)") from None
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         return path
 
     def save_checkpoint(self, adapter: LoraAdapter, step: int,

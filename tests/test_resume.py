@@ -175,3 +175,32 @@ def test_resume_keeps_where_the_run_computed_unless_told_otherwise(tmp_path, mon
     assert main(["train", "--resume", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--threads", "2"]) == 0
     assert opened == [(1, -1, "cpu"), (1, -1, "cpu"), (2, -1, "cpu")]
+
+
+def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, monkeypatch):
+    import errno
+
+    import converters.peft
+    from prge_gguf.errors import PrgeError
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.run_dir import RunDir
+
+    header = read_header(model_path)
+    adapter = init_lora_fa(header, ["attn_v"], 4, 8, seed=0)
+    run = RunDir(tmp_path)
+    run.save_peft(adapter, header)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()}
+    real = converters.peft.to_peft_for
+
+    def disk_full(adapter, out_dir, header):
+        real(adapter, out_dir, header)  # files written, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(converters.peft, "to_peft_for", disk_full)
+    with pytest.raises(PrgeError, match="cannot write the PEFT adapter .No space left on device.; "
+                                        "adapter.gguf is intact"):
+        run.save_peft(adapter.with_b({n: b + 1 for n, b in adapter.b.items()}), header)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]  # no temp
+    run.close()

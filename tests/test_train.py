@@ -54,7 +54,15 @@ def test_cli_train_then_eval(tmp_path, capsys):
                  "--targets", "attn_v", "--eval-every", "1", "--out", str(out)])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"adapter.gguf", "best.gguf", "config.json", "metrics.jsonl",
-                                               "checkpoint.json", "checkpoint-000002.gguf", "tensorboard"}
+                                               "checkpoint.json", "checkpoint-000002.gguf", "tensorboard",
+                                               "peft"}
+    # The PEFT folder holds the same adapter (test_peft checks the conversion against PEFT itself).
+    from converters.peft import from_peft
+
+    gguf, peft = read_gguf(out / "adapter.gguf"), from_peft(out / "peft")
+    assert peft.names == gguf.names and peft.alpha == gguf.alpha
+    for name in gguf.names:
+        np.testing.assert_array_equal(peft.b[name], gguf.b[name])
     events = b"".join(p.read_bytes() for p in (out / "tensorboard").iterdir())
     assert b"eval_accuracy" in events and b"loss" in events  # the metrics mirrored to TensorBoard
     config = json.loads((out / "config.json").read_text())
