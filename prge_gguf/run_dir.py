@@ -158,6 +158,8 @@ class RunDir:
                 path.rename(old)
             new.rename(path)
         except OSError as exc:
+            if old.exists() and not path.exists():  # the new folder failed to take its place
+                old.rename(path)
             raise PrgeError(f"{path}: cannot write the PEFT adapter ({exc.strerror or exc}); "
                             "adapter.gguf is intact ('prge-gguf export' converts it)") from None
         finally:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -203,4 +204,17 @@ def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, mon
         run.save_peft(adapter.with_b({n: b + 1 for n, b in adapter.b.items()}), header)
     assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]  # no temp
+    monkeypatch.setattr(converters.peft, "to_peft_for", real)
+    real_rename = Path.rename
+
+    def rename(self, target):  # the new folder cannot take the old one's place
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(PrgeError, match="Invalid cross-device link"):
+        run.save_peft(adapter.with_b({n: b + 1 for n, b in adapter.b.items()}), header)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]
     run.close()
