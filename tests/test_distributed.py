@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-_TIMING = ("wall", "step_s", "tok_s", "ranks", "comm_bytes", "comm_s", "train_s")
+_TIMING = ("wall", "step_s", "tok_s", "ranks", "comm_bytes", "comm_s", "train_s", "decode_s", "adapter_s",
+           "logits_s")
 
 
 def _train_args(out: Path, valid: Path, steps: int = 6) -> list[str]:

@@ -70,6 +70,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 1, 2]
     assert rows[-1]["eval_n"] == 3 and "final_eval_accuracy" in rows[-1]
+    for r in (r for r in rows if "loss" in r):  # each step's time, split where the engine spent it
+        assert r["decode_s"] > 0 and r["decode_s"] + r["adapter_s"] + r["logits_s"] < r["step_s"]
     capsys.readouterr()
     code = main(["eval", "--data", str(valid), "--label-words", "0=terrible,1=great",
                  "--template", "{text} It was", "--adapter", str(out / "adapter.gguf"), "--json"])
