@@ -52,6 +52,30 @@ def _scratch_dir() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
+class _Batch:
+    """A llama_batch over numpy arrays, filled by slices: token by token through ctypes costs
+    ~2 us a token, a sizeable share of a GPU step over thousands of tokens. One sequence id a
+    token: token i's list of ids is seq[i:i+1]."""
+
+    def __init__(self, size: int) -> None:
+        self.token, self.pos, self.seq = (np.zeros(size, np.int32) for _ in range(3))
+        self.n_seq_id = np.ones(size, np.int32)
+        self.logits = np.zeros(size, np.int8)
+        self._seq_lists = self.seq.ctypes.data + self.seq.itemsize * np.arange(size, dtype=np.uintp)
+        c_int_p = ctypes.POINTER(ctypes.c_int)
+        self.struct = ll.llama_batch(
+            0, self.token.ctypes.data_as(c_int_p), None, self.pos.ctypes.data_as(c_int_p),
+            self.n_seq_id.ctypes.data_as(c_int_p), self._seq_lists.ctypes.data_as(ctypes.POINTER(c_int_p)),
+            self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_byte)))
+
+    def fill(self, token: np.ndarray, pos: np.ndarray, seq: np.ndarray, wants: np.ndarray) -> ll.llama_batch:
+        """The batch of these tokens (positions, sequence ids, logits wanted)."""
+        n = len(token)
+        self.token[:n], self.pos[:n], self.seq[:n], self.logits[:n] = token, pos, seq, wants
+        self.struct.n_tokens = n
+        return self.struct
+
+
 class LlamaEngine:
     """Scores many sequences per `llama_decode`, logits only where scored."""
 
@@ -71,7 +95,7 @@ class LlamaEngine:
         # cache only holds memory (~10 MB an adapter on SmolLM2's seven projections; 8 cost 58 MB).
         self.n_ctx, self.n_seq_max, self._cache_size = n_ctx, n_seq_max, adapter_cache
         self._model = self._ctx = None
-        self._batch: ll.llama_batch | None = None
+        self._batch: _Batch | None = None
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
         self._threads = threads or min(os.cpu_count() or 1, 8)
@@ -119,13 +143,11 @@ class LlamaEngine:
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise PrgeError(f"llama.cpp could not create a context of {self.n_ctx} tokens (out of memory?)")
-        self._batch = ll.llama_batch_init(self.n_ctx, 0, 1)
+        self._batch = _Batch(self.n_ctx)
         return self._ctx
 
     def _free_context(self) -> None:
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch = None
         if self._ctx:
             ll.llama_free(self._ctx)
             self._ctx = None
@@ -230,7 +252,8 @@ class LlamaEngine:
             raise PrgeError(f"prompt ({len(prompt)} tokens) + --max-tokens {max_tokens} exceed the "
                             f"context of {self.n_ctx} tokens (raise --n-ctx)")
         self._set_adapters(adapters)
-        self._run([(0, pos, tok, pos == len(prompt) - 1) for pos, tok in enumerate(prompt)], clear=True)
+        n = len(prompt)
+        self._run(np.array(prompt), np.arange(n), np.zeros(n), np.arange(n) == n - 1, clear=True)
         out: list[int] = []
         while len(out) < max_tokens:
             logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
@@ -238,20 +261,15 @@ class LlamaEngine:
             if ll.llama_vocab_is_eog(self._vocab, token):
                 break
             out.append(token)
-            self._run([(0, len(prompt) + len(out) - 1, token, True)], clear=False)
+            self._run(np.array([token]), np.array([n + len(out) - 1]), np.zeros(1), np.ones(1), clear=False)
         return out
 
-    def _run(self, entries: list[tuple[int, int, int, bool]], clear: bool) -> None:
-        """One llama_decode of (sequence, position, token, wants logits) entries."""
+    def _run(self, token: np.ndarray, pos: np.ndarray, seq: np.ndarray, wants: np.ndarray,
+             clear: bool) -> None:
+        """One llama_decode of these tokens at these positions of these sequences, with logits
+        where `wants`."""
         ctx = self._context()
-        batch = self._batch
-        for i, (seq, pos, tok, wants) in enumerate(entries):
-            batch.token[i] = tok
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = wants
-        batch.n_tokens = len(entries)
+        batch = self._batch.fill(token, pos, seq, wants)
         if clear:
             ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
         t0 = time.perf_counter()
@@ -270,10 +288,15 @@ class LlamaEngine:
         return [self.score(requests, [(a, 1.0)]) for a in adapters]
 
     def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
+        lengths = [req.n_tokens for req in group]
+        starts = np.cumsum([0, *lengths[:-1]])
+        wants = np.zeros(sum(lengths), bool)
+        for start, req in zip(starts, group, strict=True):
+            wants[start + np.array(req.positions)] = True
         # Each decode scores fresh sequences: nothing cached may leak in from the last one.
-        self._run([(seq, pos, tok, pos in wanted)
-                   for seq, req in enumerate(group) for wanted in [set(req.positions)]
-                   for pos, tok in enumerate(req.tokens)], clear=True)
+        self._run(np.concatenate([req.tokens for req in group]),
+                  np.concatenate([np.arange(n) for n in lengths]),
+                  np.repeat(np.arange(len(group)), lengths), wants, clear=True)
         t0 = time.perf_counter()
         n_out = sum(len(set(r.positions)) for r in group)
         logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
