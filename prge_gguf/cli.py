@@ -74,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
                          "(--threads, --n-gpu-layers, --device: as saved unless given)")
-    tr.add_argument("--adapter", metavar="FILE",
-                    help="start from this LoRA adapter GGUF (a run's adapter.gguf or best.gguf, or one "
-                         "llama.cpp converted) instead of a fresh one: its rank, alpha, targets and A "
-                         "come with it, and training goes on from its B (MLX-LM's --resume-adapter-file)")
+    tr.add_argument("--adapter", metavar="FILE|DIR",
+                    help="start from this LoRA adapter (a GGUF file: a run's adapter.gguf or best.gguf, "
+                         "one llama.cpp converted; or a PEFT folder) instead of a fresh one: its rank, "
+                         "alpha, targets and A come with it, and training goes on from its B (MLX-LM's "
+                         "--resume-adapter-file)")
     tr.add_argument("--steps", type=int, help="P-RGE steps")
     tr.add_argument("--batch-size", type=int, help=f"examples per step (default 16; P-RGE on a GPU "
                                                    f"{GPU_ZO_BATCH})")
@@ -116,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy and loss of the model, with or without an adapter")
     _add_model_args(ev)
     _add_data_args(ev)
-    ev.add_argument("--adapter", help="LoRA adapter GGUF to apply")
+    ev.add_argument("--adapter", help="LoRA adapter to apply: a GGUF file or a PEFT folder")
     ev.add_argument("--loss", choices=("label", "vocab"), default="label")
     ev.add_argument("--limit", type=int, help="evaluate only the first N examples")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     gen = sub.add_parser("generate", help="greedy completions of prompts, with or without an adapter")
     _add_model_args(gen)
-    gen.add_argument("--adapter", help="LoRA adapter GGUF to apply")
+    gen.add_argument("--adapter", help="LoRA adapter to apply: a GGUF file or a PEFT folder")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     gen.add_argument("--max-tokens", type=int, help="tokens to generate at most (default 64)")
     gen.add_argument("--chat", action="store_true", help="send each prompt as a user turn (chat template)")
@@ -270,14 +271,27 @@ def _check_base(adapter, header, path: str) -> None:
                             f"has {has}: an adapter for another model")
 
 
-def _start_adapter(path: str, overrides: dict):
-    """The adapter `train --adapter` starts from; its shape settings are its own, not flags'."""
+def _read_adapter(path: str, header):
+    """A GGUF LoRA adapter file or a PEFT folder (read for the model of `header`), checked
+    against that model."""
+    from converters.peft import from_peft
     from prge_gguf.lora import read_gguf
 
+    if Path(path).is_dir():
+        n_head, n_head_kv = header.head_counts
+        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv)
+    else:
+        adapter = read_gguf(path)
+    _check_base(adapter, header, path)
+    return adapter
+
+
+def _start_adapter(path: str, header, overrides: dict):
+    """The adapter `train --adapter` starts from; its shape settings are its own, not flags'."""
     shape_flags = ("rank", "alpha", "targets", "num_layers")
     if given := [f"--{f.replace('_', '-')}" for f in shape_flags if f in overrides]:
         raise PrgeError(f"--adapter {path} sets the rank, alpha, targets and blocks: drop {', '.join(given)}")
-    return read_gguf(path)
+    return _read_adapter(path, header)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -312,12 +326,12 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if not args.out:
             raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
-        architecture = read_header(_model_path(args.model)).architecture
+        header = read_header(_model_path(args.model))
         optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        tuned = architecture_defaults(architecture, optimizer)
+        tuned = architecture_defaults(header.architecture, optimizer)
         if _on_gpu(args) and optimizer in ZEROTH_ORDER:
             tuned["batch_size"] = GPU_ZO_BATCH
-        adapter = _start_adapter(args.adapter, overrides) if args.adapter else None
+        adapter = _start_adapter(args.adapter, header, overrides) if args.adapter else None
         if adapter is not None:
             overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets}
         cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
@@ -335,8 +349,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
-        else:
-            _check_base(adapter, engine.header, args.resume or args.adapter)
+        elif args.resume:
+            _check_base(adapter, engine.header, args.resume)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if not args.n_ctx:  # before the first decode: the KV cache is sized by it
@@ -375,7 +389,6 @@ def _train_as(workers, args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`prge-gguf eval`: loss and accuracy of the model, with or without an adapter."""
-    from prge_gguf.lora import read_gguf
     from prge_gguf.train import evaluate
 
     task = _task(args)
@@ -393,10 +406,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         examples = examples[: args.limit]
     with _open_engine(args) as engine:
-        adapter = None
-        if args.adapter:
-            adapter = read_gguf(args.adapter)
-            _check_base(adapter, engine.header, args.adapter)
+        adapter = _read_adapter(args.adapter, engine.header) if args.adapter else None
         t0 = time.perf_counter()
         m = evaluate(engine, _tokenize_all(engine, examples, args), adapter, args.loss)
         m["seconds"] = time.perf_counter() - t0
@@ -436,16 +446,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """`prge-gguf generate`: greedy completions, as a sanity check of an adapter."""
     from prge_gguf.lm_data import generation_prompt
-    from prge_gguf.lora import read_gguf
 
     if args.engine != "llama":
         raise PrgeError("generate runs on the llama engine (drop --engine torch)")
     with _open_engine(args) as engine:
-        adapters = []
-        if args.adapter:
-            adapter = read_gguf(args.adapter)
-            _check_base(adapter, engine.header, args.adapter)
-            adapters = [(adapter, 1.0)]
+        adapters = [(_read_adapter(args.adapter, engine.header), 1.0)] if args.adapter else []
         for prompt in args.prompt:
             if args.chat:
                 if not engine.chat_template:
@@ -461,16 +466,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`prge-gguf export`: GGUF adapter <-> PEFT folder, or merged into the base model."""
-    from converters.peft import from_peft, to_peft_for
+    from converters.peft import to_peft_for
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import read_gguf, write_gguf
+    from prge_gguf.lora import write_gguf
 
     header = read_header(_model_path(args.model))
-    heads = dict(zip(("n_head", "n_head_kv"), header.head_counts, strict=True))
-    source = Path(args.adapter)
-    adapter = from_peft(source, architecture=header.architecture, **heads) if source.is_dir() \
-        else read_gguf(source)
-    _check_base(adapter, header, str(source))
+    adapter = _read_adapter(args.adapter, header)
     if args.to == "peft":
         to_peft_for(adapter, args.out, header)
     elif args.to == "merged":

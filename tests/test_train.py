@@ -113,9 +113,14 @@ def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
     assert main([*common, "--adapter", str(start), "--steps", "0", "--out", str(tmp_path / "same")]) == 0
     assert main([*common, "--adapter", str(start), "--steps", "1", "--seed", "5",
                  "--out", str(tmp_path / "on")]) == 0
+    # The run's PEFT folder starts the same adapter (the conversion is exact both ways).
+    assert main([*common, "--adapter", str(tmp_path / "first" / "peft"), "--steps", "0",
+                 "--out", str(tmp_path / "from_peft")]) == 0
     same, on = read_gguf(tmp_path / "same" / "adapter.gguf"), read_gguf(tmp_path / "on" / "adapter.gguf")
+    from_peft = read_gguf(tmp_path / "from_peft" / "adapter.gguf")
     for name in first.names:
         np.testing.assert_array_equal(same.b[name], first.b[name])
+        np.testing.assert_array_equal(from_peft.b[name], first.b[name])
         np.testing.assert_array_equal(on.a[name], first.a[name])
     assert any(not np.array_equal(on.b[n], first.b[n]) for n in first.names)
     saved = json.loads((tmp_path / "on" / "config.json").read_text())
