@@ -128,10 +128,13 @@ def records_to_examples(
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
-    """Records of a `.jsonl` file (one JSON object a line) or a `.tsv` file with a header row."""
+    """Records of a `.jsonl` file (one JSON object a line), a `.json` file holding one list of
+    objects (Alpaca's and LLaMA-Factory's layout) or a `.tsv` file with a header row."""
     path = Path(path)
     if not path.is_file():
         raise PrgeError(f"{path}: data file not found")
+    if path.suffix == ".json":
+        return _json_list_records(path)
     if path.suffix == ".tsv":
         with path.open(encoding="utf-8", newline="") as fh:
             rows = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -149,6 +152,21 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
                 raise PrgeError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
             records.append((f"{path}:{i}", rec))
     return records
+
+
+def _json_list_records(path: Path) -> list[tuple[str, dict]]:
+    """The objects of a .json file's top-level list, each placed as `path[index]`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PrgeError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, list):
+        raise PrgeError(f"{path}: expected a JSON list of records, got {type(data).__name__} "
+                        "(or use .jsonl: one JSON object a line)")
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise PrgeError(f"{path}[{i}]: expected a JSON object, got {type(rec).__name__}")
+    return [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
 
 
 def tokenize_example(engine: Engine, ex: Example) -> TokenizedExample:

@@ -1,8 +1,12 @@
-"""Language-modelling records: `text`, `prompt`/`completion` and chat `messages` -> scored tokens.
+"""Language-modelling records: `text`, `prompt`/`completion`, chat `messages` and Alpaca's
+`instruction`/`input`/`output` -> scored tokens.
 
 The loss is the mean negative log-likelihood of the scored tokens: all of
 `text`, only the `completion`, or only the assistant turns of a chat rendered
-with the model's own chat template (GGUF `tokenizer.chat_template`).
+with the model's own chat template (GGUF `tokenizer.chat_template`). An Alpaca
+record is such a chat, as LLaMA-Factory builds it: optional `system`, the
+`history` pairs, then `instruction` (and `input` on the next line) from the
+user and `output` from the assistant.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ class LMExample:
 
 
 def lm_format(record: dict) -> str | None:
-    """'messages', 'completion' or 'text' for language-modelling records; None for classification."""
+    """'messages', 'alpaca', 'completion' or 'text' for language-modelling records; None for
+    classification."""
     if "messages" in record:
         return "messages"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
     if "completion" in record:
         return "completion"
     if "text" in record and "label" not in record and "options" not in record:
@@ -52,8 +59,21 @@ def records_to_lm_examples(records: list[tuple[str, dict]]) -> list[LMExample]:
                 raise PrgeError(f"{place}: missing field 'prompt' beside 'completion'")
             examples.append(LMExample(place, ((str(rec["prompt"]), False), (str(rec["completion"]), True))))
         else:
-            examples.append(LMExample(place, messages=_checked_messages(place, rec["messages"])))
+            messages = rec["messages"] if kind == "messages" else _alpaca_messages(place, rec)
+            examples.append(LMExample(place, messages=_checked_messages(place, messages)))
     return examples
+
+
+def _alpaca_messages(place: str, rec: dict) -> list[dict]:
+    """An Alpaca record as chat messages (LLaMA-Factory's rendering of the format)."""
+    history = rec.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 for h in history):
+        raise PrgeError(f"{place}: 'history' must be a list of [instruction, response] pairs")
+    query = "\n".join(str(rec[k]) for k in ("instruction", "input") if rec.get(k))
+    turns = [*((q, a) for q, a in history), (query, rec["output"])]
+    system = [{"role": "system", "content": str(rec["system"])}] if rec.get("system") else []
+    return system + [{"role": role, "content": str(text)}
+                     for q, a in turns for role, text in (("user", q), ("assistant", a))]
 
 
 def _checked_messages(place: str, messages: object) -> tuple[dict, ...]:

@@ -66,7 +66,7 @@ def test_prompt_completion_scores_only_the_completion():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["text", "completion", "messages"])
+@pytest.mark.parametrize("fmt", ["text", "completion", "messages", "alpaca"])
 def test_each_format_trains_on_real_data(fmt, tmp_path, capsys):
     rows = _short_alpaca(6)
     pairs = [(r["instruction"] + ("\n" + r["input"] if r["input"] else ""), r["output"]) for r in rows]
@@ -75,9 +75,15 @@ def test_each_format_trains_on_real_data(fmt, tmp_path, capsys):
         "completion": [{"prompt": p + "\n", "completion": o} for p, o in pairs],
         "messages": [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": o}]}
                      for p, o in pairs],
+        "alpaca": rows,  # the shared file's own records, in its own layout: a .json list
     }[fmt]
-    data = _jsonl(tmp_path / "train.jsonl", records[:4])
-    valid = _jsonl(tmp_path / "valid.jsonl", records[4:])
+    if fmt == "alpaca":
+        data, valid = tmp_path / "train.json", tmp_path / "valid.json"
+        data.write_text(json.dumps(records[:4]))
+        valid.write_text(json.dumps(records[4:]))
+    else:
+        data = _jsonl(tmp_path / "train.jsonl", records[:4])
+        valid = _jsonl(tmp_path / "valid.jsonl", records[4:])
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--valid", str(valid), "--steps", "3", "--batch-size", "2",
                  "--targets", "attn_v", "--lr", "1e-2", "--eval-every", "0", "--out", str(out)]) == 0
@@ -101,3 +107,36 @@ def test_mixed_formats_in_one_file_are_refused(tmp_path):
     data = _jsonl(tmp_path / "mixed.jsonl", [{"text": "plain"}, {"prompt": "a", "completion": "b"}])
     with pytest.raises(PrgeError, match=r"mixed.jsonl:2: record is not in this file's 'text' format"):
         Task("custom", "{text}", None).examples(data)
+
+
+def test_alpaca_records_are_llama_factory_chats():
+    rec = {"system": "Be brief.", "history": [["Hi", "Hello."]], "instruction": "Translate",
+           "input": "chat", "output": "cat"}
+    (ex,) = records_to_lm_examples([("a.json[0]", rec)])
+    assert ex.messages == (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Translate\nchat"}, {"role": "assistant", "content": "cat"})
+    (plain,) = records_to_lm_examples([("a.json[1]", {"instruction": "Say hi", "input": "", "output": "hi"})])
+    assert plain.messages == ({"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"})
+
+
+def test_json_list_files_name_the_bad_record(tmp_path):
+    from prge_gguf.data import read_records
+    from prge_gguf.errors import PrgeError
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
+    assert read_records(good) == [(f"{good}[0]", {"text": "a"}), (f"{good}[1]", {"text": "b"})]
+    for content, expected in [('{"text": "a"}', ": expected a JSON list of records, got dict"),
+                              ('[{"text": "a"}, 3]', "[1]: expected a JSON object, got int"),
+                              ('[{"text": "a"},\n {"text": }]', ":2: malformed JSON (Expecting value")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+        with pytest.raises(PrgeError) as err:
+            read_records(bad)
+        assert str(err.value).startswith(f"{bad}{expected}"), str(err.value)
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "x", "output": "y", "history": "no"}]))
+    with pytest.raises(PrgeError, match=r"alpaca.json\[0\]: 'history' must be a list of"):
+        Task("custom", "{text}", None).examples(alpaca)
