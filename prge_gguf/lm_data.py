@@ -70,7 +70,7 @@ def _alpaca_messages(place: str, rec: dict) -> list[dict]:
     if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 for h in history):
         raise PrgeError(f"{place}: 'history' must be a list of [instruction, response] pairs")
     query = "\n".join(str(rec[k]) for k in ("instruction", "input") if rec.get(k))
-    turns = [*((q, a) for q, a in history), (query, rec["output"])]
+    turns = [*history, (query, rec["output"])]
     system = [{"role": "system", "content": str(rec["system"])}] if rec.get("system") else []
     return system + [{"role": role, "content": str(text)}
                      for q, a in turns for role, text in (("user", q), ("assistant", a))]

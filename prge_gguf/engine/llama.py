@@ -298,7 +298,7 @@ class LlamaEngine:
                   np.concatenate([np.arange(n) for n in lengths]),
                   np.repeat(np.arange(len(group)), lengths), wants, clear=True)
         t0 = time.perf_counter()
-        n_out = sum(len(set(r.positions)) for r in group)
+        n_out = int(np.count_nonzero(wants))
         logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
         peak = logits.max(axis=1, keepdims=True)
         lse = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
