@@ -21,9 +21,12 @@ MAX_N_CTX = 1024
 # On a GPU, P-RGE's defaults change: a step's decodes take about as long at 64 examples as at 16,
 # and at 16 the estimate's noise is mostly the minibatch's (bench/grad_noise.md), so a larger
 # batch is accuracy almost for free (bench/sweeps/batch-gpu.md: SST-2 validation 0.77 -> 0.82 in
-# the same minutes). The context cap is memory's on a CPU; a GPU has room for a batch a decode.
+# the same minutes). The context cap is memory's on a CPU. On a GPU it is attention's: a decode
+# attends over all its tokens (its sequences masked from one another), so a step's cost grows with
+# tokens per decode: at batch 64 on an H100, 1536 or 2048 stepped 10-28% faster than the fits up to
+# 4096 on RTE, CB, WiC and COPA, 1536 as fast as 2048 or faster (bench/NOTES.md, session 12).
 GPU_ZO_BATCH = 64
-GPU_MAX_N_CTX = 4096
+GPU_MAX_N_CTX = 1536
 DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every", "eval_size",

@@ -55,7 +55,9 @@ TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
-_B64 = ["--q", "1", "--batch-size", "64", "--n-ctx", "4096"]
+# Tokens a decode: train's fit (rows up to session 11 passed --n-ctx 4096; 1536, now train's GPU cap,
+# is 10-25% faster a step: bench/NOTES.md).
+_B64 = ["--q", "1", "--batch-size", "64"]
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],

@@ -1,7 +1,8 @@
 """Report on finished (or stopped) training runs: each run folder's settings, its held-out
-evaluations from metrics.jsonl, and with --test the test set's accuracy of the base model, of
-best.gguf (the best held-out evaluation's adapter, MeZO's selection) and of the last adapter
-(adapter.gguf, else the newest checkpoint), each scored by `prge-gguf eval`.
+evaluations and median step time (split into llama.cpp's decode, logits -> log-probs and adapter
+swaps, the rest being Python) from metrics.jsonl, and with --test the test set's accuracy of the
+base model, of best.gguf (the best held-out evaluation's adapter, MeZO's selection) and of the last
+adapter (adapter.gguf, else the newest checkpoint), each scored by `prge-gguf eval`.
 
 For runs too long for one sitting (scripts/device/long.sh brings their folders back):
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,8 @@ from gguf import GGUFReader
 
 # The settings a row shows (config.json's "train"), in this order.
 SHOWN = ("optimizer", "lr", "lr_schedule", "batch_size", "q", "rank", "alpha", "eps", "steps", "seed")
+SPLIT = ("decode_s", "logits_s", "adapter_s")
+WARM_UP = 10  # first step rows left out of the median (context creation, caches)
 
 
 def last_adapter(run: Path) -> Path | None:
@@ -47,12 +51,23 @@ def score(task: str, test: Path, adapter: Path | None, extra: list[str]) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def step_time(rows: list[dict]) -> dict | None:
+    """Median seconds a step and of its parts over the step rows after the warm-up, with the
+    median tokens a step; None where the run logged too few steps or no split (torch engine)."""
+    steps = [r for r in rows if "step_s" in r][WARM_UP:]
+    if not steps or any(k not in steps[0] for k in SPLIT):
+        return None
+    return {k: statistics.median(r[k] for r in steps) for k in ("step_s", *SPLIT, "tokens")}
+
+
 def report(run: Path, task: str, test: Path | None, extra: list[str]) -> dict:
     """One run's row: settings, steps done, evaluations, test scores."""
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    row = {"run": run.name, "settings": {k: config["train"][k] for k in SHOWN},
+    row = {"run": run.name, "task": config["source"]["task"], "n_ctx": config["source"]["n_ctx"],
+           "settings": {k: config["train"][k] for k in SHOWN},
            "steps_done": max((r["step"] for r in rows if "step_s" in r), default=0),
+           "step_time": step_time(rows),
            "evals": [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_loss" in r]}
     if test:
         row["best_step"] = best_step(run / "best.gguf")
@@ -64,14 +79,19 @@ def report(run: Path, task: str, test: Path | None, extra: list[str]) -> dict:
 
 def table(rows: list[dict], zero: dict | None, m: dict) -> str:
     """The Markdown table of `report`'s rows, the base model's test score under it (with --test)."""
-    head = "| run | settings | steps | held-out accuracy (step: acc) |"
+    head = ("| run | task | settings | steps | s a step (decode / logits / adapter) | tokens a step "
+            "| held-out accuracy (step: acc) |")
     lines = [head + (" test: best (step) | test: last |" if zero else ""),
              "|" + " --- |" * (head.count("|") - 1 + (2 if zero else 0))]
     for r in rows:
         s = r["settings"]
         settings = " ".join(f"{k}={s[k]}" for k in SHOWN if k != "steps") + f" of {s['steps']}"
+        settings += f" n_ctx={r['n_ctx'] or 'fitted'}"
         evals = ", ".join(f"{step}: {acc:.3f}" for step, acc, _ in r["evals"])
-        line = f"| {r['run']} | {settings} | {r['steps_done']} | {evals} |"
+        t = r["step_time"]
+        split = f"{t['step_s']:.3f} ({' / '.join(f'{t[k]:.3f}' for k in SPLIT)})" if t else "-"
+        tokens = f"{t['tokens']:.0f}" if t else "-"
+        line = f"| {r['run']} | {r['task']} | {settings} | {r['steps_done']} | {split} | {tokens} | {evals} |"
         if zero:
             last = f"{r['test_last']['accuracy']:.3f}" if r["test_last"] else "-"
             line += f" {r['test_best']['accuracy']:.3f} ({r['best_step']}) | {last} |"
@@ -85,12 +105,14 @@ def table(rows: list[dict], zero: dict | None, m: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders")
-    p.add_argument("--task", required=True, help="the runs' task (for scoring --test)")
+    p.add_argument("--task", help="the runs' task (for scoring --test)")
     p.add_argument("--test", type=Path,
                    help="test file: score the base model, best.gguf and the last adapter on it")
     p.add_argument("--eval-args", default="", help="more `prge-gguf eval` flags, e.g. '--n-gpu-layers -1'")
     p.add_argument("--out", required=True, help="output stem: OUT.json and OUT.md")
     args = p.parse_args()
+    if args.test and not args.task:
+        p.error("--test needs --task")
     extra = shlex.split(args.eval_args)
     rows = [report(run, args.task, args.test, extra) for run in args.runs]
     zero = score(args.task, args.test, None, extra) if args.test else None

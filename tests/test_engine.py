@@ -48,6 +48,20 @@ def test_batched_scoring_equals_one_sequence_at_a_time(engine):
         np.testing.assert_allclose(joint[0], alone[0], atol=2e-4)
 
 
+def test_every_scored_row_is_normalised_over_the_vocabulary(engine):
+    # More scored rows than one log-sum-exp chunk, so the rows are split among the engine's threads.
+    toks = engine.tokenize(" ".join(TEXTS * 8), add_special=True)
+    everything = tuple(range(engine.n_vocab))
+    positions = tuple(range(len(toks)))
+    assert len(positions) > 2 * 32
+    rows = engine.score([ScoreRequest(tuple(toks), positions, (everything,) * len(positions))], [])[0]
+    sums = np.array([np.logaddexp.reduce(r.astype(np.float64)) for r in rows])
+    np.testing.assert_allclose(sums, 0.0, atol=1e-4)
+    # A row's log-probs do not depend on how many rows share its decode.
+    alone = engine.score([ScoreRequest(tuple(toks), positions[-1:], (everything,))], [])[0][0]
+    np.testing.assert_allclose(rows[-1], alone, atol=1e-4)
+
+
 def test_a_smaller_context_packs_fewer_sequences_per_decode_and_refuses_longer_ones(engine):
     from prge_gguf.errors import PrgeError
 

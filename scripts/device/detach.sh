@@ -20,7 +20,7 @@ NAME=$1; shift; ENVS=()
 while [[ $1 == *=* ]]; do ENVS+=("$1"); shift; done
 REPO=/root/detached-repo
 if [ ! -d $REPO ]; then
-  mkdir -p $REPO && cp -r .git prge_gguf scripts pyproject.toml $REPO/ && cp -r --parents carry-acc/p2 $REPO/
+  mkdir -p $REPO && cp -r .git prge_gguf converters scripts pyproject.toml $REPO/ && cp -r --parents carry-acc/p2 $REPO/
 fi
 mkdir -p /root/detached/$NAME
 cd $REPO && setsid env OUT=/root/detached/$NAME "${ENVS[@]}" bash -c 'exec -a detached-run bash "$@"' _ "$@" \
