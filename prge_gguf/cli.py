@@ -15,18 +15,21 @@ from prge_gguf.errors import PrgeError
 from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
-# The context of eval and generate, the most train sizes its own to, and the longest sequence
-# allowed unless --max-seq-len or --n-ctx say otherwise.
+# The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
+# --n-ctx say otherwise.
 MAX_N_CTX = 1024
+# The most tokens train fits its decodes to. A decode attends over all its tokens (its sequences
+# masked from one another), so a smaller one spends less on attention and more on passes over the
+# weights. On this 2-core CPU, RTE at batch 16 stepped 4-11% faster at 320-768 tokens than at 1024
+# (bench/decode_size_cpu.md); on an H100 at batch 64, 1536 or 2048 stepped 10-28% faster than the
+# fits up to 4096 on RTE, CB, WiC and COPA, 1536 as fast as 2048 or faster (bench/NOTES.md, session 12).
+CPU_MAX_N_CTX = 768
+GPU_MAX_N_CTX = 1536
 # On a GPU, P-RGE's defaults change: a step's decodes take about as long at 64 examples as at 16,
 # and at 16 the estimate's noise is mostly the minibatch's (bench/grad_noise.md), so a larger
 # batch is accuracy almost for free (bench/sweeps/batch-gpu.md: SST-2 validation 0.77 -> 0.82 in
-# the same minutes). The context cap is memory's on a CPU. On a GPU it is attention's: a decode
-# attends over all its tokens (its sequences masked from one another), so a step's cost grows with
-# tokens per decode: at batch 64 on an H100, 1536 or 2048 stepped 10-28% faster than the fits up to
-# 4096 on RTE, CB, WiC and COPA, 1536 as fast as 2048 or faster (bench/NOTES.md, session 12).
+# the same minutes).
 GPU_ZO_BATCH = 64
-GPU_MAX_N_CTX = 1536
 DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every", "eval_size",
@@ -42,9 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="llama: llama.cpp on the quantized GGUF (default); torch: the same GGUF "
                         "dequantized in transformers (reference; needs the torch extra)")
     p.add_argument("--device", help="torch engine device: cpu (default), cuda, mps")
-    p.add_argument("--n-ctx", type=int, help="tokens per decode (context size; default: train fits it to "
-                                             f"a typical batch, at most {MAX_N_CTX} ({GPU_MAX_N_CTX} on a "
-                                             f"GPU); other commands {MAX_N_CTX})")
+    p.add_argument("--n-ctx", type=int,
+                   help=f"tokens per decode (context size; default: train fits it to a typical batch, at"
+                        f" most {CPU_MAX_N_CTX} ({GPU_MAX_N_CTX} on a GPU); other commands {MAX_N_CTX})")
     p.add_argument("--max-seq-len", type=int, help="longest sequence in tokens (default: --n-ctx, or 1024)")
     p.add_argument("--truncate", action="store_true", default=None,
                    help="cut longer sequences (with a count) instead of stopping with an error")
@@ -357,7 +360,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if not args.n_ctx:  # before the first decode: the KV cache is sized by it
-            cap = GPU_MAX_N_CTX if _on_gpu(args) else MAX_N_CTX
+            cap = GPU_MAX_N_CTX if _on_gpu(args) else CPU_MAX_N_CTX
             engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, cap))
         if run is None:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}

@@ -57,13 +57,13 @@ def _batches(engine, steps: int):
 
 def _train_context(engine) -> int:
     """The context `prge-gguf train --task sst2` sizes from its data (train and dev sets)."""
-    from prge_gguf.cli import MAX_N_CTX
+    from prge_gguf.cli import CPU_MAX_N_CTX
     from prge_gguf.data import decode_size
     from prge_gguf.tasks import builtin_task, tokenize
 
     task = builtin_task("sst2")
     train, dev = ([tokenize(engine, ex) for ex in task.examples(f)] for f in (task.train_file, task.dev_file))
-    return decode_size(train, dev, BATCH, MAX_N_CTX)
+    return decode_size(train, dev, BATCH, CPU_MAX_N_CTX)
 
 
 def _adapter(engine, all_targets: bool):

@@ -51,10 +51,10 @@ def score(task: str, test: Path, adapter: Path | None, extra: list[str]) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def step_time(rows: list[dict]) -> dict | None:
-    """Median seconds a step and of its parts over the step rows after the warm-up, with the
-    median tokens a step; None where the run logged too few steps or no split (torch engine)."""
-    steps = [r for r in rows if "step_s" in r][WARM_UP:]
+def step_time(rows: list[dict], warm_up: int = WARM_UP) -> dict | None:
+    """Median seconds a step and of its parts over the step rows after the first `warm_up`, with
+    the median tokens a step; None where the run logged too few steps or no split (torch engine)."""
+    steps = [r for r in rows if "step_s" in r][warm_up:]
     if not steps or any(k not in steps[0] for k in SPLIT):
         return None
     return {k: statistics.median(r[k] for r in steps) for k in ("step_s", *SPLIT, "tokens")}
