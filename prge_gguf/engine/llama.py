@@ -1,8 +1,8 @@
 """llama.cpp engine (llama-cpp-python's ctypes mirror of llama.h). The only module importing it.
 
-Lifetimes: the engine owns one model, one context and one batch; adapters it
-loads are freed when evicted from its small cache, and everything is freed
-context-first in `close()`. The context is made at the first decode, so that
+Lifetimes: the engine owns one model, one context, one batch and a thread pool (for
+log-probs); adapters it loads are freed when evicted from its small cache, and
+everything is freed context-first in `close()`. The context is made at the first decode, so that
 `set_context` can size it from the tokenized data before its memory is taken.
 Return codes become PrgeError with their meaning.
 """
