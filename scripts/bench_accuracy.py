@@ -56,7 +56,7 @@ TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
 # Tokens a decode: train's fit (rows up to session 11 passed --n-ctx 4096; 1536, now train's GPU cap,
-# is 10-25% faster a step: bench/NOTES.md).
+# stepped 10-28% faster: bench/sweeps/decode-size-h100.md).
 _B64 = ["--q", "1", "--batch-size", "64"]
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],

@@ -38,11 +38,11 @@ def _tiny_valid(data: Path, folder: Path) -> Path:
     return path
 
 
-def run_once(n_ctx: int, args: argparse.Namespace, folder: Path) -> dict:
-    """One `prge-gguf train` run at `n_ctx` tokens a decode: its step_time medians."""
+def run_once(n_ctx: int, args: argparse.Namespace, valid: Path, folder: Path) -> dict:
+    """One `prge-gguf train` run at `n_ctx` tokens a decode, scored on `valid`: its step_time medians."""
     out = folder / f"run-{n_ctx}"
     cmd = [sys.executable, "-m", "prge_gguf", "train", "--task", args.task, "--data", str(args.data),
-           "--valid", str(_tiny_valid(args.data, folder)), "--batch-size", str(args.batch_size),
+           "--valid", str(valid), "--batch-size", str(args.batch_size),
            "--steps", str(args.steps + WARM_UP), "--eval-every", "0", "--checkpoint-every", "0",
            "--out", str(out), *(["--n-ctx", str(n_ctx)] if n_ctx else []), *shlex.split(args.train_args)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -81,11 +81,14 @@ def main() -> None:
     p.add_argument("--train-args", default="", help="more `prge-gguf train` flags, e.g. '--n-gpu-layers -1'")
     p.add_argument("--out", default="bench/decode_size")
     args = p.parse_args()
+    if not args.data.is_file():
+        p.error(f"--data {args.data}: no such file")
     runs: dict[int, list[dict]] = {n: [] for n in args.n_ctx}
     with tempfile.TemporaryDirectory(prefix="prge-bench-") as tmp:
+        valid = _tiny_valid(args.data, Path(tmp))
         for _ in range(args.rounds):
             for n in args.n_ctx:
-                runs[n].append(run_once(n, args, Path(tmp)))
+                runs[n].append(run_once(n, args, valid, Path(tmp)))
                 print(f"n_ctx {n or 'fitted'}: {runs[n][-1]['step_s']:.3f} s a step", file=sys.stderr)
     rows = [{"n_ctx": n, **{k: statistics.median(r[k] for r in reps) for k in reps[0]}}
             for n, reps in runs.items()]
