@@ -56,17 +56,21 @@ def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_he
     return (rope_rows_to_hf if to_hf else rope_rows_to_gguf)(b, heads)
 
 
+def peft_unnamed(adapter: LoraAdapter) -> list[str]:
+    """The tensors of `adapter` that no PEFT module stands for (`to_peft` refuses them)."""
+    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in HF_MODULES)]
+
+
 def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv: int,
             base_model: str = "") -> Path:
     """Write `adapter` as a PEFT LoRA folder; returns the folder."""
     out_dir = Path(out_dir)
+    if unnamed := peft_unnamed(adapter):
+        raise PrgeError(f"{unnamed[0]}: no PEFT module for this tensor "
+                        f"(expected one of {', '.join(HF_MODULES)})")
     tensors, modules, layers = {}, set(), set()
     for name in adapter.names:
-        m = TARGET_NAME.match(name)
-        if not m or m.group(2) not in HF_MODULES:
-            raise PrgeError(f"{name}: no PEFT module for this tensor "
-                            f"(expected one of {', '.join(HF_MODULES)})")
-        layer, target = m.group(1), m.group(2)
+        layer, target = TARGET_NAME.match(name).groups()
         b = lora_b_rows(adapter.b[name], target, adapter.architecture, n_head, n_head_kv, to_hf=True)
         prefix = f"base_model.model.model.layers.{layer}.{HF_MODULES[target]}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])

@@ -313,9 +313,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_as(workers, args: argparse.Namespace) -> int:
     """`prge-gguf train` on one rank (of one, or of a distributed job); rank 0 writes the run."""
+    from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.lora import init_lora_fa, num_layers_of
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
@@ -339,7 +340,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             tuned["batch_size"] = GPU_ZO_BATCH
         adapter = _start_adapter(args.adapter, header, overrides) if args.adapter else None
         if adapter is not None:
-            overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets}
+            overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets,
+                          "num_layers": num_layers_of(adapter, header)}
         cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
         RunDir.ensure_new(Path(args.out))  # fail before the model loads
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
@@ -357,6 +359,10 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
         elif args.resume:
             _check_base(adapter, engine.header, args.resume)
+        if unnamed := peft_unnamed(adapter):
+            more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
+            say(f"warning: no PEFT module for {unnamed[0]}{more}: this run writes adapter.gguf only, "
+                "no peft/ folder ('prge-gguf export' cannot convert it either)", file=sys.stderr)
         train_tok = _tokenize_all(engine, train_ex, args)
         eval_tok = _tokenize_all(engine, eval_ex, args)
         if not args.n_ctx:  # before the first decode: the KV cache is sized by it
@@ -386,10 +392,11 @@ def _train_as(workers, args: argparse.Namespace) -> int:
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
                 say(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
-            peft = run.save_peft(adapter, engine.header)
+            peft = None if unnamed else run.save_peft(adapter, engine.header)
         finally:
             run.close()
-    say(f"adapter written to {run.path / 'adapter.gguf'} (llama.cpp) and {peft} (PEFT)")
+    also = f" and {peft} (PEFT)" if peft else ""
+    say(f"adapter written to {run.path / 'adapter.gguf'} (llama.cpp){also}")
     return 0
 
 

@@ -105,8 +105,8 @@ def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "superb", "label": 1}\n')
     common = ["train", "--task", "sst2", "--valid", str(valid), "--batch-size", "2", "--eval-every", "0"]
-    assert main([*common, "--targets", "attn_v", "--rank", "4", "--alpha", "4", "--steps", "2",
-                 "--out", str(tmp_path / "first")]) == 0
+    assert main([*common, "--targets", "attn_v", "--rank", "4", "--alpha", "4", "--num-layers", "3",
+                 "--steps", "2", "--out", str(tmp_path / "first")]) == 0
     start = tmp_path / "first" / "adapter.gguf"
     first = read_gguf(start)
     # No steps: the adapter comes back as given; one step: the same A, B trained on from the file's.
@@ -124,7 +124,8 @@ def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
         np.testing.assert_array_equal(on.a[name], first.a[name])
     assert any(not np.array_equal(on.b[n], first.b[n]) for n in first.names)
     saved = json.loads((tmp_path / "on" / "config.json").read_text())
-    assert [saved["train"][k] for k in ("rank", "alpha", "targets")] == [4, 4.0, ["attn_v"]]
+    # The adapter's own shape, its blocks (the last three) included.
+    assert [saved["train"][k] for k in ("rank", "alpha", "targets", "num_layers")] == [4, 4.0, ["attn_v"], 3]
     assert saved["source"]["adapter"] == str(start)
     capsys.readouterr()
     assert main([*common, "--adapter", str(start), "--rank", "8", "--out", str(tmp_path / "clash")]) == 2
