@@ -6,10 +6,11 @@
 # e.g. long.sh smollm2-135m 540 "rte-2e-2=--task rte --data carry-acc/p2/tune/rte-tune-train.jsonl
 #   --valid carry-acc/p2/tune/rte-tune-valid.jsonl --n-gpu-layers -1 --lr-schedule constant --steps 4000
 #   --checkpoint-every 100 --eval-every 200 --eval-size 500"
-# Returns long.tgz (each run's folder less adapter.gguf: its checkpoint and best.gguf too) and prints
-# each run's evaluations. FROM=DIR (a carried folder of such run folders, long.tgz unpacked) continues
-# runs a former machine started. Resumed runs are told --n-gpu-layers -1 (run folders from before
-# config.json kept it do not say).
+# Returns NAME.tgz a run (config, metrics, best.gguf and the checkpoint; not adapter.gguf, peft/ or
+# tensorboard/: the device returns 8 files of 16 MiB at most, so 8 runs a call, and 8 Gemma runs whole
+# were more) and prints each run's evaluations. FROM=DIR (a carried folder of such run folders, the tgz
+# files unpacked) continues runs a former machine started. Resumed runs are told --n-gpu-layers -1 (run
+# folders from before config.json kept it do not say).
 MODEL=$1; LIMIT=$2; RUNS=$3
 . scripts/device/model.sh "$MODEL"
 NGPU=$(nvidia-smi -L | wc -l); i=0; NAMES=()
@@ -29,4 +30,7 @@ for name in "${NAMES[@]}"; do
   python3 -c "import json,sys; [print(r['step'], round(r['eval_accuracy'], 3), round(r['eval_loss'], 3))
 for r in map(json.loads, open(sys.argv[1])) if 'eval_accuracy' in r]" /root/long/$name/metrics.jsonl
 done
-(cd /root/long && tar czf $OUT/long.tgz --exclude adapter.gguf "${NAMES[@]}")
+cd /root/long && for n in "${NAMES[@]}"; do
+  tar czf $OUT/$n.tgz $n/config.json $n/metrics.jsonl $n/checkpoint.json \
+    $(ls $n/best.gguf $n/checkpoint-*.gguf $n/optimizer-*.npz 2>/dev/null)
+done
