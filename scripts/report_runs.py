@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ from gguf import GGUFReader
 SHOWN = ("optimizer", "lr", "lr_schedule", "batch_size", "q", "rank", "alpha", "eps", "steps", "seed")
 SPLIT = ("decode_s", "logits_s", "adapter_s")
 WARM_UP = 10  # first step rows left out of the median (context creation, caches)
+SEED_SUFFIX = re.compile(r"-s\d+$")  # runs named STEM-s0, STEM-s1 ...: one setting's seeds
 
 
 def last_adapter(run: Path) -> Path | None:
@@ -77,6 +79,30 @@ def report(run: Path, task: str, test: Path | None, extra: list[str]) -> dict:
     return row
 
 
+def seed_spread(rows: list[dict]) -> dict[str, dict]:
+    """Test accuracy (%) over the seeds of each setting with two or more scored runs (named STEM-sN):
+    for best.gguf and the last adapter, the mean, the standard deviation and each seed's."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("test_best") and (m := SEED_SUFFIX.search(r["run"])):
+            groups.setdefault(r["run"][: m.start()], []).append(r)
+    spread = {}
+    for stem, runs in groups.items():
+        scores = {k: [100 * r[f"test_{k}"]["accuracy"] for r in runs if r[f"test_{k}"]]
+                  for k in ("best", "last")}
+        if all(len(v) > 1 for v in scores.values()):
+            spread[stem] = {k: {"mean": statistics.mean(v), "sd": statistics.stdev(v), "seeds": v}
+                            for k, v in scores.items()}
+    return spread
+
+
+def _spread_line(stem: str, spread: dict) -> str:
+    """`stem: best 68.8 +- 1.3 (69.6 / 67.9), last ...`"""
+    parts = [f"{k} {s['mean']:.1f} +- {s['sd']:.1f} ({' / '.join(f'{v:.1f}' for v in s['seeds'])})"
+             for k, s in spread.items()]
+    return f"- {stem}: " + ", ".join(parts)
+
+
 def table(rows: list[dict], zero: dict | None, m: dict) -> str:
     """The Markdown table of `report`'s rows, the base model's test score under it (with --test)."""
     head = ("| run | task | settings | steps | s a step (decode / logits / adapter) | tokens a step "
@@ -99,6 +125,9 @@ def table(rows: list[dict], zero: dict | None, m: dict) -> str:
     if zero:
         lines.append(f"\nBase model on the test set: accuracy {zero['accuracy']:.3f}, "
                      f"loss {zero['loss']:.3f} ({zero['n']} rows).")
+        if spread := seed_spread(rows):
+            lines.append("\nTest accuracy (%) over seeds, best.gguf and the last adapter:")
+            lines += [_spread_line(stem, s) for stem, s in spread.items()]
     return "\n".join(lines) + "\n\n" + made_by(m)
 
 
@@ -118,7 +147,7 @@ def main() -> None:
     zero = score(args.task, args.test, None, extra) if args.test else None
     m = machine()
     write_outputs(args.out, {"machine": m, "task": args.task, "test": str(args.test), "zero_shot": zero,
-                             "runs": rows}, table(rows, zero, m))
+                             "runs": rows, "seeds": seed_spread(rows)}, table(rows, zero, m))
 
 
 if __name__ == "__main__":
