@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the lent GPU machine (the device tool), for files too big for one call's 64 MiB carry.
-# Copies the model chunks (NAME.gguf.K) of the carried folders given as arguments to
-# /root/stash, where later calls on the same warm machine find them; on the first call also
+# Copies the model chunks (NAME.gguf.K; chunk.sh makes such folders) of the carried folders given as
+# arguments to /root/stash, where later calls on the same warm machine find them; on the first call also
 # installs the CUDA llama_cpp build and the pure-Python wheels of carry-gpu/whl (made here by
 # `python scripts/bench_gpu.py --prepare-carry carry-gpu`) into /root/site.
 #   scripts/device/stash.sh carry-gem/c1          (carry: ["carry-gpu/whl", "carry-gem/c1"])
