@@ -6,8 +6,9 @@
 # The script's $OUT is /root/detached/NAME and its output /root/detached/NAME/run.log; later calls
 # on the same warm machine read them with `bash scripts/device/detach.sh --collect` (NAME.tgz of each
 # detached run's folder in $OUT, and each one's log tail; the device returns files of 16 MiB at most,
-# so split many runs over several NAMEs, ~4 Gemma runs a NAME) or wait with `--wait SECONDS`. The data folders carry-acc/p2 and carry-gem/tune, where carried, are
-# copied with the code; start the script once stash.sh has run.
+# so split many runs over several NAMEs, ~4 Gemma runs a NAME) or wait with `--wait SECONDS`. The
+# data folders carry-acc/p2 and carry-gem/tune, where carried, are copied with the code; start the
+# script once stash.sh has run.
 case $1 in
   --collect)
     for d in /root/detached/*/; do echo "== $d"; tail -c 1500 $d/run.log; done
