@@ -368,6 +368,10 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if not args.n_ctx:  # before the first decode: the KV cache is sized by it
             cap = GPU_MAX_N_CTX if _on_gpu(args) else CPU_MAX_N_CTX
             engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, cap))
+        if args.adapter and not args.resume:
+            # The engine checks an adapter fully only when it first applies it (llama.cpp, e.g., takes
+            # token_embd in another layout): one example now, so that a refusal leaves no run folder.
+            engine.score(train_tok[0].requests, [(adapter, 1.0)])
         if run is None:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
             record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,

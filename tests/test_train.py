@@ -101,6 +101,27 @@ def test_adapter_for_another_base_is_refused(tmp_path, capsys, engine):
     assert code == 2 and "adapter was trained for another base model" in err and str(path) in err
 
 
+def test_an_adapter_llama_cpp_refuses_stops_train_before_the_run_folder(tmp_path, capsys, engine):
+    from prge_gguf.lora import LoraAdapter, write_gguf
+
+    # token_embd fits our shape check, but llama.cpp wants its LoRA in another layout and refuses
+    # it when it first applies the adapter, which train now does before making the run folder.
+    start = init_lora_fa(engine.header, ["attn_v"], 4, 8, seed=0)
+    embd = "token_embd.weight"
+    out_dim, in_dim = engine.header.tensors[embd].shape
+    a = {**start.a, embd: np.ones((4, in_dim), np.float32)}
+    b = {**start.b, embd: np.zeros((out_dim, 4), np.float32)}
+    adapter = LoraAdapter(start.architecture, start.alpha, a, b, start.fingerprint)
+    path = tmp_path / "embd.gguf"
+    write_gguf(adapter, path)
+    code = main(["train", "--task", "sst2", "--batch-size", "2", "--steps", "1", "--eval-every", "0",
+                 "--adapter", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: llama.cpp refused the adapter")
+    assert err[0].startswith(f"warning: no PEFT module for {embd}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "superb", "label": 1}\n')
