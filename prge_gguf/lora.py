@@ -13,7 +13,7 @@ import itertools
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,16 +98,15 @@ class LoraAdapter:
         return LoraAdapter(self.architecture, self.alpha, a, b, self.fingerprint)
 
 
-def model_blocks(header: GGUFHeader) -> list[int]:
-    """The indices of the model's blocks (those with `blk.N.*.weight` tensors), ascending."""
-    return sorted({int(m.group(1)) for name in header.tensors if (m := TARGET_NAME.match(name))})
+def blocks_of(names: Iterable[str]) -> list[int]:
+    """The block indices N of the `blk.N.*.weight` names among `names`, ascending."""
+    return sorted({int(m.group(1)) for name in names if (m := TARGET_NAME.match(name))})
 
 
 def num_layers_of(adapter: LoraAdapter, header: GGUFHeader) -> int:
     """The --num-layers that `adapter` was made with: how many of the model's last blocks it
     adapts, 0 when it adapts all of them (or a set that no --num-layers names)."""
-    used = sorted({int(m.group(1)) for n in adapter.names if (m := TARGET_NAME.match(n))})
-    blocks = model_blocks(header)
+    used, blocks = blocks_of(adapter.names), blocks_of(header.tensors)
     return len(used) if used and used != blocks and used == blocks[-len(used):] else 0
 
 
@@ -115,7 +114,7 @@ def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -
     """Map each targeted base weight name (of the last `num_layers` blocks; 0: of all) to its
     (out, in) shape; reject unknown targets and more layers than the model has."""
     present = {m.group(2) for name in header.tensors if (m := TARGET_NAME.match(name))}
-    blocks = model_blocks(header)
+    blocks = blocks_of(header.tensors)
     if num_layers > len(blocks):
         raise PrgeError(f"--num-layers: this {header.architecture} model has {len(blocks)} blocks, "
                         f"got {num_layers}")

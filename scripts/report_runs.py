@@ -103,8 +103,9 @@ def _spread_line(stem: str, spread: dict) -> str:
     return f"- {stem}: " + ", ".join(parts)
 
 
-def table(rows: list[dict], zero: dict | None, m: dict) -> str:
-    """The Markdown table of `report`'s rows, the base model's test score under it (with --test)."""
+def table(rows: list[dict], zero: dict | None, spread: dict[str, dict], m: dict) -> str:
+    """The Markdown table of `report`'s rows, the base model's test score and the seeds' `spread`
+    under it (with --test)."""
     head = ("| run | task | settings | steps | s a step (decode / logits / adapter) | tokens a step "
             "| held-out accuracy (step: acc) |")
     lines = [head + (" test: best (step) | test: last |" if zero else ""),
@@ -125,7 +126,7 @@ def table(rows: list[dict], zero: dict | None, m: dict) -> str:
     if zero:
         lines.append(f"\nBase model on the test set: accuracy {zero['accuracy']:.3f}, "
                      f"loss {zero['loss']:.3f} ({zero['n']} rows).")
-        if spread := seed_spread(rows):
+        if spread:
             lines.append("\nTest accuracy (%) over seeds, best.gguf and the last adapter:")
             lines += [_spread_line(stem, s) for stem, s in spread.items()]
     return "\n".join(lines) + "\n\n" + made_by(m)
@@ -145,9 +146,9 @@ def main() -> None:
     extra = shlex.split(args.eval_args)
     rows = [report(run, args.task, args.test, extra) for run in args.runs]
     zero = score(args.task, args.test, None, extra) if args.test else None
-    m = machine()
+    m, spread = machine(), seed_spread(rows)
     write_outputs(args.out, {"machine": m, "task": args.task, "test": str(args.test), "zero_shot": zero,
-                             "runs": rows, "seeds": seed_spread(rows)}, table(rows, zero, m))
+                             "runs": rows, "seeds": spread}, table(rows, zero, spread, m))
 
 
 if __name__ == "__main__":

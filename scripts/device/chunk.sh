@@ -10,7 +10,8 @@
 # or every call would carry all of it.
 set -e
 FILE=$1; MODEL=$2; DEST=$3; FIRST=${4:-31}; MIB=${5:-53}
-grep -q " $MODEL.gguf\$" scripts/device/models.sha256 || { echo "$MODEL: not in scripts/device/models.sha256"; exit 2; }
+want=$(grep " $MODEL.gguf\$" scripts/device/models.sha256 | cut -d' ' -f1)
+[ -n "$want" ] || { echo "$MODEL: not in scripts/device/models.sha256"; exit 2; }
 rm -rf "$DEST"/c[0-9]*; mkdir -p "$DEST/c1"
 head -c $((FIRST << 20)) "$FILE" > "$DEST/c1/$MODEL.gguf.0"
 tail -c +$(((FIRST << 20) + 1)) "$FILE" | split -b ${MIB}M -d -a 2 - "$DEST/.part."
@@ -18,7 +19,6 @@ k=1
 for part in "$DEST"/.part.*; do
   mkdir -p "$DEST/c$((k + 1))"; mv "$part" "$DEST/c$((k + 1))/$MODEL.gguf.$k"; k=$((k + 1))
 done
-want=$(grep " $MODEL.gguf\$" scripts/device/models.sha256 | cut -d' ' -f1)
 got=$(for i in $(seq 0 $((k - 1))); do cat "$DEST"/c*/"$MODEL.gguf.$i"; done | sha256sum | cut -d' ' -f1)
 [ "$want" = "$got" ] || { echo "$MODEL: the chunks do not join to models.sha256's file"; exit 3; }
 du -sh "$DEST"/c*

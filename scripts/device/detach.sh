@@ -11,8 +11,9 @@
 # script once stash.sh has run.
 case $1 in
   --collect)
-    for d in /root/detached/*/; do echo "== $d"; tail -c 1500 $d/run.log; done
-    for d in /root/detached/*/; do tar -C /root/detached -czf $OUT/$(basename $d).tgz $(basename $d); done; exit ;;
+    for d in /root/detached/*/; do
+      echo "== $d"; tail -c 1500 $d/run.log; tar -C /root/detached -czf $OUT/$(basename $d).tgz $(basename $d)
+    done; exit ;;
   --wait)  # until every detached run has ended, or SECONDS have passed
     end=$((SECONDS + $2))
     while [ $SECONDS -lt $end ] && pgrep -f detached-run > /dev/null; do sleep 10; done
