@@ -10,10 +10,11 @@
 # tensorboard/: the device returns 8 files of 16 MiB at most, so 8 runs a call, and 8 Gemma runs whole
 # were more) and prints each run's evaluations. FROM=DIR (a carried folder of such run folders, the tgz
 # files unpacked) continues runs a former machine started. Resumed runs are told --n-gpu-layers -1 (run
-# folders from before config.json kept it do not say).
+# folders from before config.json kept it do not say). GPU0=K puts the first run on GPU K, so that two
+# long.sh of two models started side by side share the GPUs evenly.
 MODEL=$1; LIMIT=$2; RUNS=$3
 . scripts/device/model.sh "$MODEL"
-NGPU=$(nvidia-smi -L | wc -l); i=0; NAMES=()
+NGPU=$(nvidia-smi -L | wc -l); i=${GPU0:-0}; NAMES=()
 mkdir -p /root/long; [ -n "$FROM" ] && cp -rn "$FROM"/. /root/long/
 IFS=';' read -ra runs <<< "$RUNS"
 for run in "${runs[@]}"; do
