@@ -1,12 +1,12 @@
 #!/bin/bash
-# The device returns at most 8 files of at most 16 MiB a call: packs the files in $OUT into as few
+# The device returns at most 8 files of at most 16 MiB a call: packs the plain files in $OUT into as few
 # uncompressed tars of at most 15 MiB as first-fit (largest first) gives (pack-1.tar, pack-2.tar, ...),
 # e.g. after two long.sh runs side by side made more than 8 NAME.tgz. Unpack with `tar xf`.
 cd "$OUT" || exit 1
-ls -S | grep -v '^pack-' | python3 -c '
+find . -maxdepth 1 -type f ! -name 'pack-*' -printf '%f\n' | python3 -c '
 import os, subprocess, sys
 bins = []
-for name in sys.stdin.read().split():
+for name in sorted(sys.stdin.read().split(), key=os.path.getsize, reverse=True):
     size = os.path.getsize(name)
     for b in bins:
         if b[0] + size <= 15 << 20:
