@@ -6,8 +6,7 @@ cd "$OUT" || exit 1
 find . -maxdepth 1 -type f ! -name 'pack-*' -printf '%f\n' | python3 -c '
 import os, subprocess, sys
 bins = []
-for name in sorted(sys.stdin.read().split(), key=os.path.getsize, reverse=True):
-    size = os.path.getsize(name)
+for size, name in sorted(((os.path.getsize(n), n) for n in sys.stdin.read().split()), reverse=True):
     for b in bins:
         if b[0] + size <= 15 << 20:
             b[0] += size; b[1].append(name); break

@@ -16,7 +16,7 @@ CR=""; for s in 0 1; do CR+="sst2-lin-s$s=$SS --seed $s;sst2-con-s$s=$SS --lr 1e
   CR+="cb-lin-s$s=$SC --seed $s;cb-con-s$s=$SC --lr 1e-2 --lr-schedule constant --seed $s;"; done; CR=${CR%;}
 [ -n "$MORE" ] && { SR=""; GR=""; for s in 1 2 3 4; do GR+="gem-copav1e-4-s$s=$GM --loss vocab --lr 1e-4 --seed $s;gem-copav3e-4-s$s=$GM --loss vocab --lr 3e-4 --seed $s;"; done; GR=${GR%;}; }
 [ -n "$DRY" ] && { echo "$SR" | tr ';' '\n'; echo "$GR" | tr ';' '\n'; echo "$CR" | tr ';' '\n'; exit; }
-CHUNKS=carry-acc/p2 . scripts/device/model.sh smollm2-135m  # joined one at a time: both write /root/joined.gguf
+CHUNKS=carry-acc/p2 . scripts/device/model.sh smollm2-135m  # joined one at a time: model.sh then wrote one /root/joined.gguf for any model
 . scripts/device/model.sh gemma3-270m
 [ -n "$SR" ] && bash scripts/device/long.sh smollm2-135m $L "$SR" > $OUT/smollm.log 2>&1 &
 GPU0=3 bash scripts/device/long.sh gemma3-270m $L "$GR" > $OUT/gemma.log 2>&1 &
