@@ -76,10 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(tr)
     _add_data_args(tr)
     tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
+    tr.add_argument("--force", action="store_true",
+                    help="write the run into a folder that holds other files (never over a run or an input)")
     tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
-                         "(--threads, --n-gpu-layers, --device: as saved unless given)")
+                         "(--threads, --n-gpu-layers, --device: as saved unless given; --steps N extends "
+                         "it to N steps)")
     tr.add_argument("--adapter", metavar="FILE|DIR",
                     help="start from this LoRA adapter (a GGUF file: a run's adapter.gguf or best.gguf, "
                          "one llama.cpp converted; or a PEFT folder) instead of a fresh one: its rank, "
@@ -131,15 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="greedy completions of prompts, with or without an adapter")
     _add_model_args(gen)
     gen.add_argument("--adapter", help="LoRA adapter to apply: a GGUF file or a PEFT folder")
-    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    gen.add_argument("--prompt", action="append", required=True,
+                     help="a prompt (repeatable); \\n for a newline, as in --template")
     gen.add_argument("--max-tokens", type=int, help="tokens to generate at most (default 64)")
     gen.add_argument("--chat", action="store_true", help="send each prompt as a user turn (chat template)")
 
     ex = sub.add_parser("export", help="convert an adapter: GGUF <-> PEFT folder, or merge it")
     ex.add_argument("adapter", help="a GGUF LoRA adapter, or a PEFT folder")
-    ex.add_argument("--to", choices=("peft", "gguf", "merged"), required=True,
-                    help="peft: PEFT folder; gguf: llama.cpp adapter; merged: base model with the adapter in")
-    ex.add_argument("--out", required=True, help="output folder (peft) or .gguf file")
+    ex.add_argument("--to", choices=("peft", "gguf", "merged", "ollama"), required=True,
+                    help="peft: PEFT folder; gguf: llama.cpp adapter; merged: base model with the adapter "
+                         "in; ollama: a folder of Modelfile + adapter.gguf for 'ollama create NAME -f "
+                         "DIR/Modelfile'")
+    ex.add_argument("--out", required=True, help="output folder (peft, ollama) or .gguf file")
+    ex.add_argument("--force", action="store_true", help="replace an existing output (never an input)")
     ex.add_argument("--type", default="Q8_0",
                     help="merged tensors' type: Q8_0 (default), F16, Q4_0, ... or base (keep each type)")
     ex.add_argument("--model", help="its base model GGUF (default: the shipped SmolLM2 model)")
@@ -181,15 +188,16 @@ def _on_gpu(args: argparse.Namespace) -> bool:
 def _task(args: argparse.Namespace):
     """The built-in task of --task, or one made of --template and --label-words; either flag
     given with --task replaces that part of the task."""
-    from prge_gguf.data import parse_label_words, unescape_template
+    from prge_gguf.data import check_template, parse_label_words, unescape_template
     from prge_gguf.tasks import Task, builtin_task
 
     if not (args.task or args.data):
         raise PrgeError("pass --task NAME or --data FILE")
     label_words = parse_label_words(args.label_words) if args.label_words else None
-    template = unescape_template(args.template) if args.template else None
+    template = check_template(unescape_template(args.template)) if args.template else None
     if not args.task:
-        return Task("custom", template or DEFAULT_TEMPLATE, label_words)
+        return Task("custom", template or DEFAULT_TEMPLATE, label_words,
+                    classify=bool(template or label_words))
     task = builtin_task(args.task)
     if template:
         task = dataclasses.replace(task, template=template)
@@ -300,6 +308,30 @@ def _start_adapter(path: str, header, overrides: dict):
     return _read_adapter(path, header)
 
 
+# What a resumed run keeps from its start; --steps may change (it extends the run), and where it
+# computes (_MACHINE_KEYS) may too.
+_RUN_KEYS = (*(f for f in _CFG_FLAGS if f != "steps"), *_SOURCE_KEYS)
+
+
+def _check_resume_flags(args: argparse.Namespace, saved: dict, step: int) -> None:
+    """Refuse a setting given with --resume that differs from the run's saved one (naming it), and
+    --steps below the checkpoint's step."""
+    if args.out:
+        raise PrgeError("--resume continues the run in its own folder: drop --out")
+    for key in _RUN_KEYS:
+        if key not in args.given:
+            continue
+        given, kept = getattr(args, key), saved["train" if key in _CFG_FLAGS else "source"].get(key)
+        if key == "model":
+            given, kept = str(_model_path(given)), str(kept)
+        if given != kept:
+            flag = "--" + key.replace("_", "-")
+            raise PrgeError(f"{flag}: a resumed run keeps its saved setting ({kept!r}); drop {flag}, "
+                            "or start a new run with --out")
+    if "steps" in args.given and args.steps < step:
+        raise PrgeError(f"--steps {args.steps}: the run's checkpoint is at step {step} already")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """`prge-gguf train`: a new run in --out, or --resume one."""
     from prge_gguf.distributed import Workers
@@ -316,7 +348,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
     from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import init_lora_fa, num_layers_of
+    from prge_gguf.lora import check_rank, init_lora_fa, num_layers_of
+    from prge_gguf.memory import check_fits, train_bytes
+    from prge_gguf.outputs import check_run_folder
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
@@ -327,11 +361,18 @@ def _train_as(workers, args: argparse.Namespace) -> int:
                             "drop one of them")
         run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
             Path(args.resume), writable=workers.is_main)
+        _check_resume_flags(args, saved, start_step)
+        if "steps" in args.given and args.steps != saved["train"]["steps"]:
+            saved["train"]["steps"] = args.steps
+            run.rewrite_config(saved)
         cfg = TrainConfig(**saved["train"])
         vars(args).update(saved["source"])
     else:
         if not args.out:
             raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        # Fail before the model loads.
+        check_run_folder(args.out, force=args.force,
+                         inputs=(args.adapter, args.data, args.valid, getattr(args, "config", None)))
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         header = read_header(_model_path(args.model))
         optimizer = overrides.get("optimizer", TrainConfig.optimizer)
@@ -343,7 +384,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets,
                           "num_layers": num_layers_of(adapter, header)}
         cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
-        RunDir.ensure_new(Path(args.out))  # fail before the model loads
+        shapes = check_rank(header, cfg.targets, cfg.rank, cfg.num_layers)
+        n_ctx = args.n_ctx or (GPU_MAX_N_CTX if _on_gpu(args) else CPU_MAX_N_CTX)
+        check_fits(train_bytes(header, shapes, cfg.rank, cfg.q, n_ctx))
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
                         + " or ".join(ZEROTH_ORDER))
@@ -351,6 +394,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         say(f"warning: {workers.size} ranks share {2 * cfg.q} perturbations a step; ranks "
             f"{2 * cfg.q}..{workers.size - 1} only evaluate (raise --q to use them)", file=sys.stderr)
     train_ex, eval_ex = _datasets(args)
+    if cfg.batch_size > len(train_ex):
+        raise PrgeError(f"--batch-size {cfg.batch_size} is more than the {len(train_ex)} training examples: "
+                        f"lower it (at most {len(train_ex)})")
     with _open_engine(args) as engine:
         # Everything that can fail on input happens before the run folder is made.
         if cfg.optimizer not in ZEROTH_ORDER and not hasattr(engine, "loss_gradient"):
@@ -376,8 +422,11 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
             record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,
                                    machine={k: getattr(args, k) for k in _MACHINE_KEYS}, version=__version__)
-            run = RunDir.open_new(Path(args.out), record) if workers.is_main \
+            run = RunDir.open_new(Path(args.out), record, adapter) if workers.is_main \
                 else RunDir(Path(args.out), writable=False)
+        if not eval_tok:
+            say("note: no held-out data (--valid): no evaluation during training, and no best.gguf",
+                file=sys.stderr)
         t0 = time.perf_counter()
 
         def on_eval(step: int, m: dict) -> None:
@@ -443,6 +492,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     md = h.metadata
     arch = h.architecture
     print(f"file:          {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if md.get("general.type") == "adapter":
+        return _adapter_info(path)
     print(f"architecture:  {arch}  ({md.get('general.name', '?')})")
     for key in ("block_count", "embedding_length", "feed_forward_length", "context_length"):
         print(f"{key + ':':<15}{md.get(f'{arch}.{key}', '?')}")
@@ -460,15 +511,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_info(path: Path) -> int:
+    """`prge-gguf info ADAPTER.gguf`: what a LoRA adapter file holds."""
+    from prge_gguf.lora import blocks_of, read_gguf
+
+    adapter = read_gguf(path)
+    blocks = blocks_of(adapter.names)
+    print(f"LoRA adapter for architecture {adapter.architecture}: rank {adapter.rank}, "
+          f"alpha {adapter.alpha:g}")
+    print(f"targets:       {', '.join(adapter.targets)} on {len(blocks)} blocks "
+          f"({blocks[0]}..{blocks[-1]})" if blocks else f"tensors:       {', '.join(adapter.names)}")
+    print(f"base model:    fingerprint {adapter.fingerprint or '? (not recorded)'}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """`prge-gguf generate`: greedy completions, as a sanity check of an adapter."""
+    from prge_gguf.data import unescape_template
     from prge_gguf.lm_data import generation_prompt
 
     if args.engine != "llama":
         raise PrgeError("generate runs on the llama engine (drop --engine torch)")
     with _open_engine(args) as engine:
         adapters = [(_read_adapter(args.adapter, engine.header), 1.0)] if args.adapter else []
-        for prompt in args.prompt:
+        for prompt in map(unescape_template, args.prompt):
             if args.chat:
                 if not engine.chat_template:
                     raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template")
@@ -486,19 +552,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     from converters.peft import to_peft_for
     from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import write_gguf
+    from prge_gguf.outputs import check_output_file, check_output_folder, replace_folder
 
     header = read_header(_model_path(args.model))
-    adapter = _read_adapter(args.adapter, header)
-    if args.to == "peft":
-        to_peft_for(adapter, args.out, header)
-    elif args.to == "merged":
-        from converters.merge import merge
-
-        merge(header.path, adapter, Path(args.out), args.type)
+    inputs = (args.adapter, header.path)
+    if args.to in ("peft", "ollama"):
+        out = check_output_folder(args.out, force=args.force, inputs=inputs)
     else:
-        write_gguf(adapter, Path(args.out))
-    print(f"wrote {args.out}")
+        out = check_output_file(args.out, force=args.force, inputs=inputs)
+    adapter = _read_adapter(args.adapter, header)
+    try:
+        if args.to == "peft":
+            replace_folder(out, lambda tmp: to_peft_for(adapter, tmp, header))
+        elif args.to == "ollama":
+            replace_folder(out, lambda tmp: _write_ollama(tmp, out, adapter, header))
+        elif args.to == "merged":
+            from converters.merge import merge
+
+            merge(header.path, adapter, out, args.type)
+        else:
+            write_gguf(adapter, out)
+    except OSError as exc:
+        raise PrgeError(f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written"
+                        ) from None
+    print(f"wrote {out}")
     return 0
+
+
+def _write_ollama(folder: Path, final: Path, adapter, header) -> None:
+    """adapter.gguf and a Modelfile naming it where `folder` will stand, at `final`."""
+    from converters.ollama import modelfile
+    from prge_gguf.lora import write_gguf
+
+    write_gguf(adapter, folder / "adapter.gguf")
+    (folder / "Modelfile").write_text(modelfile(header.path, final / "adapter.gguf", header))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -526,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
             from prge_gguf.config_file import load_config_file
 
             _fill_unset(args, load_config_file(args.config, _FILE_KEYS))
+        # What the user set (flags and --config), before saved and default values fill the rest.
+        args.given = frozenset(k for k, v in vars(args).items() if v is not None and v is not False)
         if getattr(args, "resume", None):
             from prge_gguf.run_dir import RunDir
 
@@ -534,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         _fill_unset(args, _DEFAULTS)
         return handler(args)
     except PrgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever a message quotes from the input (a value with a newline in it).
+        print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from prge_gguf.data import read_utf8
 from prge_gguf.errors import PrgeError
 
 
@@ -17,11 +18,12 @@ def load_config_file(path: str | Path, allowed: Iterable[str]) -> dict[str, obje
     if not path.is_file():
         raise PrgeError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_utf8(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise PrgeError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise PrgeError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise PrgeError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     settings = {}

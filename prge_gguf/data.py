@@ -8,6 +8,7 @@ sequence (one logit row gives every option); multi-token options get a sequence 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import string
@@ -59,10 +60,18 @@ def parse_label_words(spec: str) -> dict[str, str]:
     for i, item in enumerate(p.strip() for p in spec.split(",")):
         label, sep, word = item.partition("=")
         if not sep:
+            if ":" in item:
+                raise PrgeError(f"--label-words: '{item}': write label=word (with '='), not label:word")
             label, word = str(i), item
         if not word.strip() or not label.strip():
             raise PrgeError(f"--label-words: empty label or word in '{item}' (expected label=word)")
-        words[label.strip()] = word.strip()
+        label, word = label.strip(), word.strip()
+        if label in words:
+            raise PrgeError(f"--label-words: label '{label}' is given twice")
+        if twin := next((other for other, w in words.items() if w == word), None):
+            raise PrgeError(f"--label-words: labels '{twin}' and '{label}' share the word '{word}': "
+                            "the model could not tell them apart")
+        words[label] = word
     return words
 
 
@@ -79,9 +88,29 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def check_template(template: str) -> str:
+    """`template` once it is known to render: its braces pair up, it reads at least one record
+    field, and not `label` (the answer would be in the prompt)."""
+    try:
+        fields = _fields(template)
+        template.format_map(dict.fromkeys(fields, ""))
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise PrgeError(f"--template: {exc} (write {{{{ and }}}} for a literal brace)") from None
+    if not fields:
+        raise PrgeError("--template: it names no record field (e.g. '{text}'): "
+                        "every example would read the same")
+    if "label" in fields:
+        raise PrgeError("--template: it reads {label}, the answer: the model would see it in the prompt")
+    return template
+
+
+def _label_text(raw: object) -> str:
+    """A record's label as --label-words names it (JSON true/false as true/false)."""
+    return str(raw).lower() if isinstance(raw, bool) else str(raw).strip()
+
+
 def _label_of(place: str, rec: dict, labels: list[str]) -> int:
-    raw = rec["label"]
-    label = str(raw).lower() if isinstance(raw, bool) else str(raw).strip()
+    label = _label_text(rec["label"])
     if label not in labels:
         raise PrgeError(
             f"{place}: label '{label}' has no label word (known: {', '.join(labels)}); "
@@ -121,43 +150,63 @@ def records_to_examples(
             options_ = tuple(joiner + label_words[lab] for lab in labels)
             examples.append(Example(context, options_, _label_of(place, rec, labels), place))
         else:
-            raise PrgeError(f"{place}: no 'options' field and no --label-words to choose from")
+            found = sorted({_label_text(r["label"]) for _, r in records if "label" in r})
+            raise PrgeError(f"{place}: no 'options' field and no --label-words to choose from (labels "
+                            f"found: {', '.join(found[:10])}; e.g. --label-words "
+                            f"'{','.join(f'{lab}=WORD' for lab in found[:3])}')")
     if not examples:
         raise PrgeError("dataset is empty: no examples to train or evaluate on")
     return examples
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
-    """Records of a `.jsonl` file (one JSON object a line), a `.json` file holding one list of
-    objects (Alpaca's and LLaMA-Factory's layout) or a `.tsv` file with a header row."""
+    """Records of a `.jsonl` file (one JSON object a line; the default for other names), a `.json`
+    file holding one list of objects (Alpaca's and LLaMA-Factory's layout), or a `.tsv` or `.csv`
+    file with a header row."""
     path = Path(path)
     if not path.is_file():
-        raise PrgeError(f"{path}: data file not found")
+        raise PrgeError(f"{path}: data file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    text = read_utf8(path)
     if path.suffix == ".json":
-        return _json_list_records(path)
-    if path.suffix == ".tsv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return _json_list_records(path, text)
+    if path.suffix in (".tsv", ".csv"):
+        rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",",
+                              quoting=csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL)
+        try:
             return [(f"{path}:{i}", dict(r)) for i, r in enumerate(rows, start=2)]
+        except csv.Error as exc:
+            raise PrgeError(f"{path}:{rows.line_num}: malformed {path.suffix[1:].upper()} ({exc})") from None
+    hint = "" if path.suffix == ".jsonl" else " (expected a .jsonl, .json, .tsv or .csv file)"
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PrgeError(f"{path}:{i}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(rec, dict):
-                raise PrgeError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
-            records.append((f"{path}:{i}", rec))
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PrgeError(f"{path}:{i}: malformed JSON ({exc.msg} at column {exc.colno}){hint}") from None
+        if not isinstance(rec, dict):
+            raise PrgeError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+        records.append((f"{path}:{i}", rec))
     return records
 
 
-def _json_list_records(path: Path) -> list[tuple[str, dict]]:
+def read_utf8(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark dropped), or an error naming the line of the
+    first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PrgeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}): save the file as "
+                        "UTF-8") from None
+
+
+def _json_list_records(path: Path, text: str) -> list[tuple[str, dict]]:
     """The objects of a .json file's top-level list, each placed as `path[index]`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PrgeError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(data, list):

@@ -30,11 +30,18 @@ class LMExample:
     messages: tuple[dict, ...] = ()
 
 
+# ShareGPT's roles (LLaMA-Factory's and axolotl's `conversations` of {from, value}) as chat roles.
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system"}
+
+
 def lm_format(record: dict) -> str | None:
-    """'messages', 'alpaca', 'completion' or 'text' for language-modelling records; None for
-    classification."""
+    """'messages', 'sharegpt', 'alpaca', 'completion' or 'text' for language-modelling records;
+    None for classification."""
     if "messages" in record:
         return "messages"
+    if "conversations" in record:
+        return "sharegpt"
     if "instruction" in record and "output" in record:
         return "alpaca"
     if "completion" in record:
@@ -59,7 +66,12 @@ def records_to_lm_examples(records: list[tuple[str, dict]]) -> list[LMExample]:
                 raise PrgeError(f"{place}: missing field 'prompt' beside 'completion'")
             examples.append(LMExample(place, ((str(rec["prompt"]), False), (str(rec["completion"]), True))))
         else:
-            messages = rec["messages"] if kind == "messages" else _alpaca_messages(place, rec)
+            if kind == "sharegpt":
+                messages = _sharegpt_messages(place, rec)
+            elif kind == "alpaca":
+                messages = _alpaca_messages(place, rec)
+            else:
+                messages = rec["messages"]
             examples.append(LMExample(place, messages=_checked_messages(place, messages)))
     return examples
 
@@ -74,6 +86,24 @@ def _alpaca_messages(place: str, rec: dict) -> list[dict]:
     system = [{"role": "system", "content": str(rec["system"])}] if rec.get("system") else []
     return system + [{"role": role, "content": str(text)}
                      for q, a in turns for role, text in (("user", q), ("assistant", a))]
+
+
+def _sharegpt_messages(place: str, rec: dict) -> list[dict]:
+    """A ShareGPT record (`conversations` of {from, value}; roles human/gpt/system, and an
+    optional top-level `system`) as chat messages."""
+    turns = rec["conversations"]
+    if not isinstance(turns, list):
+        raise PrgeError(f"{place}: 'conversations' must be a list of {{from, value}} objects")
+    system = [{"role": "system", "content": str(rec["system"])}] if rec.get("system") else []
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise PrgeError(f"{place}: conversations[{i}] needs 'from' and 'value'")
+        if turn["from"] not in _SHAREGPT_ROLES:
+            raise PrgeError(f"{place}: conversations[{i}]: unknown role '{turn['from']}' "
+                            f"(expected one of: {', '.join(_SHAREGPT_ROLES)})")
+        messages.append({"role": _SHAREGPT_ROLES[turn["from"]], "content": str(turn["value"])})
+    return system + messages
 
 
 def _checked_messages(place: str, messages: object) -> tuple[dict, ...]:

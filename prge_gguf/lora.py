@@ -24,6 +24,7 @@ from gguf import GGUFReader, GGUFWriter
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import GGUFHeader
+from prge_gguf.outputs import publish
 
 # The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -134,16 +135,31 @@ def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -
     return dict(sorted(shapes.items()))
 
 
+def check_rank(header: GGUFHeader, targets: list[str], rank: int, num_layers: int = 0
+               ) -> dict[str, tuple[int, int]]:
+    """The target shapes (`target_shapes`), once `rank` is known to fit them: at least 1 and at
+    most the smallest dimension of a target (a larger rank adds nothing and costs memory)."""
+    shapes = target_shapes(header, targets, num_layers)
+    if not shapes:
+        raise PrgeError(f"--targets {','.join(targets)}: no such 2-D weights in this "
+                        f"{header.architecture} model")
+    if rank < 1:
+        raise PrgeError(f"--rank must be >= 1, got {rank}")
+    name, dims = min(shapes.items(), key=lambda item: min(item[1]))
+    if rank > min(dims):
+        raise PrgeError(f"--rank {rank} is larger than {name}'s smaller dimension ({min(dims)} of "
+                        f"{dims[0]} x {dims[1]}): at most {min(dims)}")
+    return shapes
+
+
 def init_lora_fa(
     header: GGUFHeader, targets: list[str], rank: int, alpha: float, seed: int, num_layers: int = 0
 ) -> LoraAdapter:
     """LoRA-FA start on `targets` of the last `num_layers` blocks (0: all): A kaiming-uniform
     (PEFT's bound 1/sqrt(in)), B zero."""
-    if rank < 1:
-        raise PrgeError(f"--rank must be >= 1, got {rank}")
     rng = np.random.default_rng([seed, 0xA])
     a, b = {}, {}
-    for name, (out_dim, in_dim) in target_shapes(header, targets, num_layers).items():
+    for name, (out_dim, in_dim) in check_rank(header, targets, rank, num_layers).items():
         bound = 1.0 / np.sqrt(in_dim)
         a[name] = rng.uniform(-bound, bound, size=(rank, in_dim)).astype(np.float32)
         b[name] = np.zeros((out_dim, rank), dtype=np.float32)
@@ -164,7 +180,7 @@ def atomic_gguf_writer(path: str | Path, architecture: str) -> Iterator[GGUFWrit
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -47,4 +47,8 @@ def model_path(name_or_file: str | None) -> Path:
         return default_model_path()
     if name_or_file == "gemma3-270m":
         return gemma3_270m_path()
-    return Path(name_or_file)
+    path = Path(name_or_file)
+    if path.is_dir():
+        found = ", ".join(sorted(p.name for p in path.glob("*.gguf"))[:3]) or "none"
+        raise PrgeError(f"--model {path} is a folder: pass the .gguf file (GGUF files there: {found})")
+    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -25,6 +24,7 @@ import numpy as np
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
+from prge_gguf.outputs import RUN_MARKER, publish, replace_folder
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -36,7 +36,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -55,25 +55,31 @@ class RunDir:
         self.path, self.writable = path, writable
         self._evals = evals or []
         self._committed: set[str] = set()  # the files checkpoint.json names now
+        self.checkpoint_step: int | None = None  # the step checkpoint.json names now
         self._metrics = None
-        self._tensorboard = _tensorboard_writer(path / "tensorboard") if writable else None
-
-    @staticmethod
-    def ensure_new(path: Path) -> None:
-        """Refuse a folder that already holds a run."""
-        if (path / "metrics.jsonl").exists():
-            raise PrgeError(f"{path}: already holds a run (metrics.jsonl); choose another --out, "
-                            "resume it with --resume, or remove it")
+        self._tensorboard = None  # made at the first metrics row: a run's folder holds config.json first
 
     @classmethod
-    def open_new(cls, path: Path, config: dict) -> RunDir:
-        """Start a run in `path`; refuses a folder that already holds one."""
-        cls.ensure_new(path)
-        path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    def open_new(cls, path: Path, config: dict, adapter: LoraAdapter,
+                 optimizer: Mapping[str, np.ndarray] | None = None) -> RunDir:
+        """Start a run in `path` (checked by `outputs.check_run_folder`): the step-0 checkpoint
+        first, then config.json, so that a run stopped at any point after this resumes."""
+        if (path / RUN_MARKER).exists():
+            raise PrgeError(f"{path}: already holds a run ({RUN_MARKER}); resume it with --resume")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrgeError(f"--out {path}: cannot create the run folder ({exc.strerror or exc})") from None
         run = cls(path)
+        run.save_checkpoint(adapter, 0, optimizer)
+        run.rewrite_config(config)
         run._metrics = (path / "metrics.jsonl").open("a")
         return run
+
+    def rewrite_config(self, config: dict) -> None:
+        """Write config.json (atomically): the settings the run resumes with."""
+        if self.writable:
+            write_text_atomic(self.path / RUN_MARKER, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
     def saved_machine(path: Path) -> dict:
@@ -106,6 +112,7 @@ class RunDir:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         run = cls(path, writable, [row for line in kept if "eval_loss" in (row := json.loads(line))])
         run._committed = {name for key, name in state.items() if key != "step"}
+        run.checkpoint_step = step
         if writable:
             write_text_atomic(metrics, "".join(line + "\n" for line in kept))
             run._metrics = metrics.open("a")
@@ -120,7 +127,9 @@ class RunDir:
             return
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        if self._tensorboard is not None:
+        if self._tensorboard is None:
+            self._tensorboard = _tensorboard_writer(self.path / "tensorboard")
+        if self._tensorboard:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, row.get("step", 0))
@@ -143,28 +152,17 @@ class RunDir:
         return path
 
     def save_peft(self, adapter: LoraAdapter, header: GGUFHeader) -> Path:
-        """Write `adapter` as the PEFT folder `peft/` for the model of `header`: built beside the
-        old one, which it then replaces by renames."""
+        """Write `adapter` as the PEFT folder `peft/` for the model of `header` (`replace_folder`)."""
         from converters.peft import to_peft_for
 
         path = self.path / "peft"
         if not self.writable:
             return path
-        new = Path(tempfile.mkdtemp(dir=self.path, prefix=".peft.", suffix=".tmp"))
-        old = self.path / ".peft.old"
         try:
-            to_peft_for(adapter, new, header)
-            if path.exists():
-                path.rename(old)
-            new.rename(path)
+            replace_folder(path, lambda tmp: to_peft_for(adapter, tmp, header))
         except OSError as exc:
-            if old.exists() and not path.exists():  # the new folder failed to take its place
-                old.rename(path)
             raise PrgeError(f"{path}: cannot write the PEFT adapter ({exc.strerror or exc}); "
                             "adapter.gguf is intact ('prge-gguf export' converts it)") from None
-        finally:
-            shutil.rmtree(new, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
         return path
 
     def save_checkpoint(self, adapter: LoraAdapter, step: int,
@@ -187,7 +185,7 @@ class RunDir:
                 (self.path / name).unlink(missing_ok=True)
             raise PrgeError(f"{self.path / files['adapter']}: cannot write the checkpoint "
                             f"({exc.strerror or exc}); the previous checkpoint is intact") from None
-        self._committed = set(files.values())
+        self._committed, self.checkpoint_step = set(files.values()), step
         for old in [*self.path.glob("checkpoint-*.gguf"), *self.path.glob("optimizer-*.npz")]:
             if old.name not in self._committed:
                 old.unlink()
@@ -196,7 +194,7 @@ class RunDir:
         """Close metrics.jsonl and the TensorBoard writer."""
         if self._metrics is not None:
             self._metrics.close()
-        if self._tensorboard is not None:
+        if self._tensorboard:
             self._tensorboard.close()
 
 
@@ -211,7 +209,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def _tensorboard_writer(logdir: Path):
-    """A tensorboardX SummaryWriter when that optional package is installed, else None."""
+    """A tensorboardX SummaryWriter when that optional package is installed, else False."""
     # tensorboardX imports torch if it can (~170 MB of RSS, for tensor inputs we never pass):
     # a None entry in sys.modules makes that `import torch` fail, unless torch is already in.
     hide_torch = "torch" not in sys.modules
@@ -220,7 +218,7 @@ def _tensorboard_writer(logdir: Path):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
-        return None
+        return False
     finally:
         if hide_torch:
             del sys.modules["torch"]

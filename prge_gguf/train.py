@@ -72,7 +72,7 @@ class TrainConfig:
             elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise PrgeError(f"{f.name}: expected {expected.__name__}, got {value!r}")
         checks = [
-            (self.steps >= 0, "--steps must be >= 0"),
+            (self.steps >= 1, "--steps must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.q >= 1, "--q must be >= 1"),
             (self.eps > 0, "--eps must be > 0"),
@@ -125,9 +125,13 @@ def evaluate(
     workers = workers or Workers()
     chunks = [slice(i, i + EVAL_CHUNK) for i in range(0, len(examples), EVAL_CHUNK)]
     losses, predicted = np.zeros(len(examples)), np.zeros(len(examples))
-    for k in workers.mine(len(chunks)):
-        losses[chunks[k]], predicted[chunks[k]] = example_losses(
-            engine, examples[chunks[k]], [(adapter, 1.0)] if adapter else [], loss)
+    mine = workers.mine(len(chunks))
+    with tqdm(total=sum(len(examples[chunks[k]]) for k in mine), desc="eval", unit="row", leave=False,
+              dynamic_ncols=True, disable=not workers.is_main) as bar:
+        for k in mine:
+            losses[chunks[k]], predicted[chunks[k]] = example_losses(
+                engine, examples[chunks[k]], [(adapter, 1.0)] if adapter else [], loss)
+            bar.update(len(examples[chunks[k]]))
     losses, predicted = workers.combine(losses), workers.combine(predicted)
     choices = [(ex.label, int(p)) for ex, p in zip(examples, predicted, strict=True) if not np.isnan(p)]
     accuracy = float(np.mean([label == p for label, p in choices])) if choices else None
@@ -320,8 +324,8 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
         new, state, loss = _first_order(engine, adapter, state, batch, cfg, lr, step)
         passes = 1
     if not np.isfinite(loss):
-        raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps "
-                        "(the run folder keeps its last good checkpoint)")
+        raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps in a new run "
+                        f"(the run folder keeps its checkpoint of step {run.checkpoint_step})")
     # Logged, so runs on any number of ranks compare; B alone unless A is trained too.
     sha = workers.check_same(new.trainable(True) if cfg.train_a else new.b, step + 1)
     dt = time.perf_counter() - t0

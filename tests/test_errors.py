@@ -87,12 +87,13 @@ def test_invalid_config_value(capsys, tmp_path):
 
 
 def test_existing_run_folder_is_not_overwritten(capsys, tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
-    code, err = _run(capsys, "train", "--task", "sst2", "--out", str(tmp_path))
-    assert code == 2
-    assert err == (f"error: {tmp_path}: already holds a run (metrics.jsonl); choose another --out, "
-                   "resume it with --resume, or remove it")
-    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    (tmp_path / "config.json").write_text('{"train": {}}\n')
+    for force in ([], ["--force"]):
+        code, err = _run(capsys, "train", "--task", "sst2", "--out", str(tmp_path), *force)
+        assert code == 2
+        assert err == (f"error: {tmp_path}: already holds a run (config.json); choose another --out, "
+                       "resume it with --resume, or remove it")
+    assert (tmp_path / "config.json").read_text() == '{"train": {}}\n'
 
 
 def test_config_file_unknown_key(capsys, tmp_path):
@@ -115,7 +116,7 @@ def test_sequence_longer_than_max_seq_len(capsys, tmp_path):
     data = _jsonl(tmp_path / "long.jsonl", [{"text": "fine", "label": 1},
                                            {"text": "word " * 300, "label": 0}])
     code, err = _run(capsys, "train", "--data", str(data), "--label-words", "bad,good", "--max-seq-len", "64",
-                     "--out", str(tmp_path / "run"))
+                     "--batch-size", "2", "--out", str(tmp_path / "run"))
     assert code == 2
     assert err.startswith(f"error: {data}:2: ") and "more than --max-seq-len 64 (pass --truncate" in err
     assert not (tmp_path / "run").exists()  # nothing half-written

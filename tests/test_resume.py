@@ -95,8 +95,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
                  "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert err == ("error: step 2: loss is nan; lower --lr or --eps "
-                   "(the run folder keeps its last good checkpoint)")
+    assert err == ("error: step 2: loss is nan; lower --lr or --eps in a new run "
+                   "(the run folder keeps its checkpoint of step 1)")
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name != "tensorboard") == [
         "checkpoint-000001.gguf", "checkpoint.json", "config.json", "metrics.jsonl"]
@@ -116,7 +116,7 @@ def test_disk_full_on_checkpoint_leaves_the_previous_one(tmp_path, capsys, monke
     def fill_disk(self, *args, **kwargs):
         if self.path.parent == out:  # the run folder's files, not the engine's scratch adapters
             calls["n"] += 1
-            if calls["n"] == 2:  # the second checkpoint: its temp file exists, then the disk is full
+            if calls["n"] == 3:  # the checkpoint of step 2: its temp file exists, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *args, **kwargs)
 
@@ -218,3 +218,90 @@ def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, mon
     assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]
     run.close()
+
+
+def _small_run(out, valid, *extra):
+    # Training rows beside the validation file: a few, so that a run is mostly its steps.
+    train = valid.parent / "train.jsonl"
+    if not train.exists():
+        train.write_text("".join(f'{{"text": "{t}", "label": {y}}}\n' for t, y in
+                                 [("a joy", 1), ("tedious", 0), ("superb", 1), ("awful", 0)]))
+    return ["train", "--task", "sst2", "--data", str(train), "--valid", str(valid), "--steps", "3",
+            "--batch-size", "2",
+            "--targets", "attn_v", "--lr", "1e-2", "--checkpoint-every", "1", "--eval-every", "1",
+            "--threads", "2", "--out", str(out), *extra]
+
+
+def test_ctrl_c_in_the_step_0_evaluation_leaves_a_run_that_resumes(tmp_path, monkeypatch, capsys):
+    from prge_gguf import train
+
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    assert main(_small_run(tmp_path / "whole", valid)) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "evaluate", interrupted)
+    out = tmp_path / "stopped"
+    assert main(_small_run(out, valid)) == 130
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 0
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert (out / "adapter.gguf").read_bytes() == (tmp_path / "whole" / "adapter.gguf").read_bytes()
+
+
+def test_a_nan_at_step_1_keeps_the_step_0_checkpoint(tmp_path, capsys):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    out = tmp_path / "run"
+    assert main(_small_run(out, valid, "--eps", "1e30")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: step 1: loss is nan; lower --lr or --eps in a new run "
+                   "(the run folder keeps its checkpoint of step 0)")
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 0
+    # Settings that define the run cannot change on resume; each is named.
+    assert main(["train", "--resume", str(out), "--eps", "1e-2"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --eps: a resumed run keeps its saved setting (1e+30); "
+                                               "drop --eps, or start a new run with --out")
+
+
+def test_a_dead_start_is_reused_and_resume_extends_a_run(tmp_path, capsys):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    out = tmp_path / "run"
+    out.mkdir()  # what a start killed before config.json leaves: its first checkpoint
+    (out / "checkpoint-000000.gguf").write_bytes(b"half")
+    (out / "checkpoint.json").write_text("{")
+    assert main(_small_run(out, valid)) == 0
+    assert main(["train", "--resume", str(out), "--steps", "5"]) == 0
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 5
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--steps", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --steps 2: the run's checkpoint is at step 5 already"
+
+
+def test_sigint_at_any_point_leaves_a_run_that_resumes_bit_identical(tmp_path):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "a joy to watch", "label": 1}\n{"text": "tedious", "label": 0}\n')
+    cmd = [sys.executable, "-m", "prge_gguf", *_small_run(tmp_path / "whole", valid)[:-2]]
+    t0 = time.monotonic()
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    wall = time.monotonic() - t0
+    want = (tmp_path / "whole" / "adapter.gguf").read_bytes()
+    # Points spread over the run: model load, the step-0 evaluation, steps, checkpoint writes, the
+    # final evaluation. Before the run folder exists, Ctrl-C leaves none.
+    for k, fraction in enumerate((0.3, 0.5, 0.7, 0.9)):
+        out = tmp_path / f"stopped{k}"
+        proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(fraction * wall)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate()
+        assert proc.returncode in (0, 130), err.decode()[-2000:]
+        if not out.exists():
+            continue
+        assert main(["train", "--resume", str(out)]) == 0, f"stopped at {fraction:.0%} of the run"
+        assert (out / "adapter.gguf").read_bytes() == want, f"stopped at {fraction:.0%} of the run"

@@ -144,7 +144,7 @@ def test_adam_with_full_lora_lowers_the_training_loss(engine, torch_engine, tmp_
     cfg = TrainConfig(steps=5, batch_size=8, optimizer="adam", train_a=True, targets=["attn_v"],
                       eval_every=0)
     adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
-    run = RunDir.open_new(tmp_path, {})
+    run = RunDir.open_new(tmp_path, {}, adapter)
     trained = train(torch_engine, adapter, _train_rows(engine, 8), [], cfg, run)
     run.close()
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

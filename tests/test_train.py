@@ -25,7 +25,7 @@ def test_minibatch_loss_goes_down_on_real_data(engine, tmp_path):
                       eval_every=0)
     adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
     before = evaluate(engine, batch, adapter, cfg.loss)["loss"]
-    run = RunDir.open_new(tmp_path, {})
+    run = RunDir.open_new(tmp_path, {}, adapter)
     trained = train(engine, adapter, batch, [], cfg, run)
     run.close()
     after = evaluate(engine, batch, trained, cfg.loss)["loss"]
@@ -130,12 +130,13 @@ def test_training_goes_on_from_a_given_adapter(tmp_path, capsys):
                  "--steps", "2", "--out", str(tmp_path / "first")]) == 0
     start = tmp_path / "first" / "adapter.gguf"
     first = read_gguf(start)
-    # No steps: the adapter comes back as given; one step: the same A, B trained on from the file's.
-    assert main([*common, "--adapter", str(start), "--steps", "0", "--out", str(tmp_path / "same")]) == 0
+    # lr 0: the adapter comes back as given; a step: the same A, B trained on from the file's.
+    assert main([*common, "--adapter", str(start), "--steps", "1", "--lr", "0",
+                 "--out", str(tmp_path / "same")]) == 0
     assert main([*common, "--adapter", str(start), "--steps", "1", "--seed", "5",
                  "--out", str(tmp_path / "on")]) == 0
     # The run's PEFT folder starts the same adapter (the conversion is exact both ways).
-    assert main([*common, "--adapter", str(tmp_path / "first" / "peft"), "--steps", "0",
+    assert main([*common, "--adapter", str(tmp_path / "first" / "peft"), "--steps", "1", "--lr", "0",
                  "--out", str(tmp_path / "from_peft")]) == 0
     same, on = read_gguf(tmp_path / "same" / "adapter.gguf"), read_gguf(tmp_path / "on" / "adapter.gguf")
     from_peft = read_gguf(tmp_path / "from_peft" / "adapter.gguf")
@@ -194,8 +195,8 @@ def test_p_rge_on_a_gpu_takes_a_larger_batch_unless_told(tmp_path):
     valid.write_text('{"text": "superb", "label": 1}\n')
 
     def batch(name: str, *flags: str) -> int:
-        # --steps 0: the settings are resolved and recorded; a CPU-only llama.cpp ignores the offload.
-        assert main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "0", "--eval-every", "0",
+        # One step: the settings are resolved and recorded; a CPU-only llama.cpp ignores the offload.
+        assert main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "1", "--eval-every", "0",
                      "--out", str(tmp_path / name), *flags]) == 0
         return json.loads((tmp_path / name / "config.json").read_text())["train"]["batch_size"]
 
@@ -211,7 +212,7 @@ def test_early_stop_keeps_the_best_adapter(engine, tmp_path):
     cfg = TrainConfig(steps=10, batch_size=2, lr=0.0, targets=["attn_v"], eval_every=1, early_stop=1,
                       checkpoint_every=0)
     adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed)
-    run = RunDir.open_new(tmp_path, {})
+    run = RunDir.open_new(tmp_path, {}, adapter)
     train(engine, adapter, examples, examples, cfg, run)
     run.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

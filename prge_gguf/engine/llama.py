@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -51,10 +53,28 @@ ll.llama_log_set(_log_errors_only, ctypes.c_void_p())
 ll.llama_backend_init()
 
 
+_SCRATCH = re.compile(r"^prge-adapters-(\d+)-")
+
+
 def _scratch_dir() -> str:
-    # Adapter files live for milliseconds between write and load: keep them in RAM where possible.
+    """Where adapter files go for the milliseconds between write and load: RAM where possible;
+    the folders of engines whose process is gone (killed: no cleanup ran) are removed first."""
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for folder in root.glob("prge-adapters-*"):
+        if (m := _SCRATCH.match(folder.name)) and not _alive(int(m.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _log_sum_exp(logits: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
@@ -120,7 +140,7 @@ class LlamaEngine:
         # Seconds spent in llama_decode, in adapter swaps (write, load, set) and in turning
         # logits into log-probs: what scripts/bench_speed.py splits a step into.
         self.timings: Counter[str] = Counter()
-        self._tmp = tempfile.TemporaryDirectory(prefix="prge-adapters-", dir=_scratch_dir())
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"prge-adapters-{os.getpid()}-", dir=_scratch_dir())
 
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers

@@ -25,6 +25,8 @@ class Task:
     """A classification task: `template` renders a record; `label_words` maps label -> word.
 
     `prepare` rewrites each record first (e.g. COPA turns its two choices into options).
+    A task with label words, or marked `classify` (a template given), is set up for classification:
+    language-modelling records are refused rather than silently trained on.
     """
 
     name: str
@@ -34,12 +36,19 @@ class Task:
     dev_file: Path | None = None
     joiner: str = " "
     prepare: Callable[[dict], dict] | None = None
+    classify: bool = False
 
     def examples(self, path: Path) -> list[Example | LMExample]:
         """Examples of a data file: language-modelling records (text, prompt/completion,
         messages) are detected by their fields, anything else is classification."""
         records = read_records(path)
-        if records and self.prepare is None and lm_format(records[0][1]):
+        if records and self.prepare is None and (kind := lm_format(records[0][1])):
+            if self.classify or self.label_words:
+                place, rec = records[0]
+                why = f"--task {self.name}" if self.name in BUILTIN else "--template/--label-words"
+                raise PrgeError(f"{place}: a '{kind}' record with no 'label' (language modelling), but {why} "
+                                f"set up classification (record has: {', '.join(rec)}): add 'label' fields, "
+                                "or drop those flags to train on the text")
             return records_to_lm_examples(records)
         if self.prepare:
             records = [(place, self.prepare(rec)) for place, rec in records]

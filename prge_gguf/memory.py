@@ -1,0 +1,46 @@
+"""What a training run will take in memory, estimated before the model loads, against what the
+machine has free: a run that cannot fit stops with one line instead of being killed minutes in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prge_gguf.errors import PrgeError
+from prge_gguf.gguf_header import GGUFHeader
+
+_KV_BYTES = 2  # llama.cpp's KV cache holds f16 keys and values
+_SEQS_PER_DECODE = 64  # rows of logits a decode returns at most (the engine's n_seq_max)
+
+
+def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, int]], rank: int, q: int, n_ctx: int) -> int:
+    """Bytes a P-RGE run needs, from above: the model file (mapped, so paged in as it is read),
+    the KV cache and logits of one decode, and float32 copies of the adapter: the trained one, its
+    2q perturbations, the next one and the engine's loaded pair."""
+    md, arch = header.metadata, header.architecture
+    n_layer = int(md.get(f"{arch}.block_count", 0))
+    n_embd = int(md.get(f"{arch}.embedding_length", 0))
+    n_head, n_head_kv = header.head_counts
+    kv = n_ctx * n_layer * 2 * (n_embd * n_head_kv // max(n_head, 1)) * _KV_BYTES
+    n_vocab = int(md.get("tokenizer.ggml.tokens", 0))  # the header keeps an array's length
+    logits = _SEQS_PER_DECODE * n_vocab * 4
+    adapter = sum(rank * (out_dim + in_dim) for out_dim, in_dim in shapes.values()) * 4
+    return Path(header.path).stat().st_size + kv + logits + adapter * (2 * q + 4)
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel can give without swapping (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(needed: int) -> None:
+    """Refuse a run whose estimate is more than the machine has free."""
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise PrgeError(f"this run needs about {needed / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB "
+                        "is free: lower --rank, --q, --n-ctx or the targets, or use a smaller model")
