@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
+from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
@@ -32,8 +33,8 @@ GPU_MAX_N_CTX = 1536
 GPU_ZO_BATCH = 64
 DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
-              "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every", "eval_size",
-              "checkpoint_every", "early_stop")
+              "estimator", "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every",
+              "eval_size", "checkpoint_every", "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prge-gguf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE")
+    tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="estimators (--estimator NAME; default prge):\n" + "\n".join(
+                            f"  {name:<9} {summary}" for name, (summary, _) in ESTIMATORS.items()))
     _add_model_args(tr)
     _add_data_args(tr)
     tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
@@ -101,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", choices=OPTIMIZERS,
                     help="zo: P-RGE (default); zo-momentum, zo-adam: P-RGE's estimate through "
                          "momentum or AdamW; sgd, adam: first-order by backprop, a baseline (--engine torch)")
+    tr.add_argument("--estimator", metavar="NAME",
+                    help="zo optimizers' gradient estimate: " + ", ".join(ESTIMATORS) + " (listed below)")
     tr.add_argument("--train-a", action="store_true", default=None,
                     help="sgd/adam: train A too (full LoRA); by default only B (LoRA-FA, as P-RGE)")
     tr.add_argument("--seed", type=int)
@@ -300,6 +306,18 @@ def _start_adapter(path: str, header, overrides: dict):
     return _read_adapter(path, header)
 
 
+def _check_resume_estimator(path: Path, asked: str | None) -> None:
+    """Refuse --estimator on --resume where it is not the run's (whose state the checkpoint holds),
+    before anything in the run folder is touched."""
+    try:
+        saved = json.loads((path / "config.json").read_text())["train"].get("estimator", "prge")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # not a run folder: open_resume says so
+    if asked is not None and asked != saved:
+        raise PrgeError(f"{path}: this run trains with --estimator {saved}, and its checkpoint holds that "
+                        f"estimator's state: drop --estimator {asked}, or start a new run with --out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """`prge-gguf train`: a new run in --out, or --resume one."""
     from prge_gguf.distributed import Workers
@@ -325,6 +343,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if args.adapter:
             raise PrgeError("--resume continues a run from its checkpoint; --adapter starts a new one: "
                             "drop one of them")
+        _check_resume_estimator(Path(args.resume), args.estimator)
         run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
             Path(args.resume), writable=workers.is_main)
         cfg = TrainConfig(**saved["train"])
