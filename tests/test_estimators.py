@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from prge_gguf import train
 from prge_gguf.cli import main
 from prge_gguf.estimators import ESTIMATORS, Oracle, conmezo, hizoo, lozo, refusal
 
@@ -201,8 +202,6 @@ def test_lozo_needs_a_lora_rank_above_its_own():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_interrupted_and_resumed_run_equals_a_whole_one_and_lowers_the_loss(name, tmp_path, monkeypatch):
-    from prge_gguf.run_dir import RunDir
-
     data = tmp_path / "rows.jsonl"  # the training rows are the held-out rows: the loss is the objective
     data.write_text('{"text": "a joy to watch", "label": 1}\n{"text": "tedious and flat", "label": 0}\n')
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -215,16 +214,16 @@ def test_interrupted_and_resumed_run_equals_a_whole_one_and_lowers_the_loss(name
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert evals[-1] < evals[0] - 0.01, evals
 
-    real = RunDir.metrics
+    real = train.batch_indices
 
-    def stop_in_step_2(self, row):
-        if row.get("step") == 2 and "loss" in row:
-            raise KeyboardInterrupt  # as a Ctrl-C inside the second step: its row is never written
-        real(self, row)
+    def stop_at_step_2(n_examples, batch_size, seed, step):
+        if step == 1:  # 0-based: as a Ctrl-C before the second step's first decode
+            raise KeyboardInterrupt
+        return real(n_examples, batch_size, seed, step)
 
-    monkeypatch.setattr(RunDir, "metrics", stop_in_step_2)
+    monkeypatch.setattr(train, "batch_indices", stop_at_step_2)
     assert main([*args, "--eval-every", "0", "--out", str(cut)]) == 130
-    monkeypatch.setattr(RunDir, "metrics", real)
+    monkeypatch.setattr(train, "batch_indices", real)
     saved = json.loads((cut / "checkpoint.json").read_text())
     assert saved["step"] == 1
     if name != "lozo":  # lozo keeps no state: its V derives from the step
