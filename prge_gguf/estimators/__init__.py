@@ -2,6 +2,15 @@
 
 Each module has SUMMARY (one line for --help) and `estimate(params, oracle, state, *, seed,
 step, q, eps) -> Estimate` (see base.py); `prge`, the paper's, is the default.
+
+Left out, and why (B on attn_q + attn_v is d ~ 1.8e5 values, q <= 16): ZO-Align (Lin et al.,
+"The multi-query paradox in zeroth-order optimization", 2025) estimates Z (Z'Z)^(-1) y, which
+at q << d is P-RGE's average times d/q: an lr, not a new direction. BSZO (Feng & Huang, 2026)
+Kalman-filters q axis-aligned directional derivatives under a Gaussian prior, which shrinks
+each by one factor: again an lr, plus its noise estimate. MeZO-SVRG (Gautam et al., 2024)
+needs the step's batch scored at an anchor too and a large-batch estimate every few steps:
+twice the forwards and a second batch in the oracle. P-GAP (gradient-aligned perturbations)
+is ConMeZO's idea with a low-rank projection on top.
 """
 
 from __future__ import annotations
