@@ -9,8 +9,9 @@ at q << d is P-RGE's average times d/q: an lr, not a new direction. BSZO (Feng &
 Kalman-filters q axis-aligned directional derivatives under a Gaussian prior, which shrinks
 each by one factor: again an lr, plus its noise estimate. MeZO-SVRG (Gautam et al., 2024)
 needs the step's batch scored at an anchor too and a large-batch estimate every few steps:
-twice the forwards and a second batch in the oracle. P-GAP (gradient-aligned perturbations)
-is ConMeZO's idea with a low-rank projection on top.
+twice the forwards and a second batch in the oracle. P-GAP (Mi et al., 2025) fixes each
+direction's component along a gradient estimate, inside a low-rank subspace of it: ConMeZO's
+cone and LOZO's subspace together, with extra probes a refresh to estimate that gradient.
 """
 
 from __future__ import annotations
