@@ -241,8 +241,8 @@ def train(
     workers: Workers | None = None,
     optimizer_state: OptimizerState | None = None,
 ) -> LoraAdapter:
-    """Run steps `start_step`..`cfg.steps` from `adapter` (and, for Adam, `optimizer_state`: its
-    moments); returns the trained adapter.
+    """Run steps `start_step`..`cfg.steps` from `adapter` (and `optimizer_state`: the optimizer's
+    moments and the estimator's state); returns the trained adapter.
 
     Checkpoints every `cfg.checkpoint_every` steps and on Ctrl-C; a run resumed
     from a checkpoint ends bit-identical to an uninterrupted one. With several

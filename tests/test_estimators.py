@@ -57,10 +57,13 @@ def _descent(estimate, loss, params, steps, lr, seed, eps=1e-2, **settings):
     return loss(params), state
 
 
-def test_every_estimator_has_a_one_line_summary_and_prge_is_first():
+def test_train_help_lists_every_estimator_on_one_line_prge_first(capsys):
     assert list(ESTIMATORS)[0] == "prge"
-    for summary, _ in ESTIMATORS.values():
-        assert "\n" not in summary and len(summary) < 100
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = capsys.readouterr().out.splitlines()
+    for name, (summary, _) in ESTIMATORS.items():
+        assert f"  {name:<9} {summary}" in shown
 
 
 def _point():
