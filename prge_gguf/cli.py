@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
+from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
@@ -32,8 +33,8 @@ GPU_MAX_N_CTX = 1536
 GPU_ZO_BATCH = 64
 DEFAULT_TEMPLATE = "{text}"
 _CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
-              "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every", "eval_size",
-              "checkpoint_every", "early_stop")
+              "estimator", "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every",
+              "eval_size", "checkpoint_every", "early_stop")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prge-gguf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE")
+    tr = sub.add_parser("train", help="fine-tune a LoRA adapter with P-RGE",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="estimators (--estimator NAME; default prge):\n" + "\n".join(
+                            f"  {name:<9} {summary}" for name, (summary, _) in ESTIMATORS.items()))
     _add_model_args(tr)
     _add_data_args(tr)
     tr.add_argument("--out", help="run folder (adapter.gguf, config.json, metrics.jsonl, checkpoint)")
@@ -104,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", choices=OPTIMIZERS,
                     help="zo: P-RGE (default); zo-momentum, zo-adam: P-RGE's estimate through "
                          "momentum or AdamW; sgd, adam: first-order by backprop, a baseline (--engine torch)")
+    tr.add_argument("--estimator", metavar="NAME",
+                    help="zo optimizers' gradient estimate: " + ", ".join(ESTIMATORS) + " (listed below)")
     tr.add_argument("--train-a", action="store_true", default=None,
                     help="sgd/adam: train A too (full LoRA); by default only B (LoRA-FA, as P-RGE)")
     tr.add_argument("--seed", type=int)
@@ -313,23 +319,24 @@ def _start_adapter(path: str, header, overrides: dict):
 _RUN_KEYS = (*(f for f in _CFG_FLAGS if f != "steps"), *_SOURCE_KEYS)
 
 
-def _check_resume_flags(args: argparse.Namespace, saved: dict, step: int) -> None:
-    """Refuse a setting given with --resume that differs from the run's saved one (naming it), and
-    --steps below the checkpoint's step."""
+def _check_resume_flags(args: argparse.Namespace, saved: dict) -> None:
+    """Refuse a setting given with --resume that differs from the run's saved one, naming it."""
+    from prge_gguf.train import TrainConfig
+
     if args.out:
         raise PrgeError("--resume continues the run in its own folder: drop --out")
     for key in _RUN_KEYS:
         if key not in args.given:
             continue
-        given, kept = getattr(args, key), saved["train" if key in _CFG_FLAGS else "source"].get(key)
+        section = saved.get("train" if key in _CFG_FLAGS else "source", {})
+        # A key an older run did not record had its default then.
+        given, kept = getattr(args, key), section.get(key, getattr(TrainConfig, key, None))
         if key == "model":
             given, kept = str(_model_path(given)), str(kept)
         if given != kept:
             flag = "--" + key.replace("_", "-")
             raise PrgeError(f"{flag}: a resumed run keeps its saved setting ({kept!r}); drop {flag}, "
                             "or start a new run with --out")
-    if "steps" in args.given and args.steps < step:
-        raise PrgeError(f"--steps {args.steps}: the run's checkpoint is at step {step} already")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -359,9 +366,11 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         if args.adapter:
             raise PrgeError("--resume continues a run from its checkpoint; --adapter starts a new one: "
                             "drop one of them")
+        _check_resume_flags(args, RunDir.saved_config(Path(args.resume)))  # before the folder is touched
         run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
             Path(args.resume), writable=workers.is_main)
-        _check_resume_flags(args, saved, start_step)
+        if "steps" in args.given and args.steps < start_step:
+            raise PrgeError(f"--steps {args.steps}: the run's checkpoint is at step {start_step} already")
         if "steps" in args.given and args.steps != saved["train"]["steps"]:
             saved["train"]["steps"] = args.steps
             run.rewrite_config(saved)

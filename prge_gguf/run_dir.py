@@ -82,13 +82,20 @@ class RunDir:
             write_text_atomic(self.path / RUN_MARKER, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
+    def saved_config(path: Path) -> dict:
+        """config.json of the run folder `path`, read without touching anything else; empty where
+        there is none or it is unreadable (`open_resume` says which)."""
+        try:
+            config = json.loads((path / RUN_MARKER).read_text())
+        except (OSError, ValueError):
+            return {}
+        return config if isinstance(config, dict) else {}
+
+    @staticmethod
     def saved_machine(path: Path) -> dict:
         """The machine settings (threads, GPU layers, device) a run folder was started with; empty
         where it has none (older runs) or is no run folder (`open_resume` says so)."""
-        try:
-            return json.loads((path / "config.json").read_text()).get("machine", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
+        return RunDir.saved_config(path).get("machine", {})
 
     @classmethod
     def open_resume(cls, path: Path, writable: bool = True

@@ -16,6 +16,7 @@ from prge_gguf.data import TokenizedExample, example_loss, option_scores
 from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
+from prge_gguf.estimators import ESTIMATORS, Oracle, own_state, refusal
 from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter
 from prge_gguf.optim import (
     DEFAULT_LR,
@@ -25,7 +26,7 @@ from prge_gguf.optim import (
     adam_step,
     momentum_step,
 )
-from prge_gguf.prge import PairLoss, descend, estimate_step
+from prge_gguf.prge import PairLoss, descend
 from prge_gguf.run_dir import RunDir
 
 LOSSES = ("label", "vocab")
@@ -46,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "label"  # "label": CE over the label words; "vocab": full-vocabulary token CE
     optimizer: str = "zo"  # one of OPTIMIZERS; "sgd", "adam" backprop (torch engine; the baseline)
+    estimator: str = "prge"  # the zeroth-order optimizers' gradient estimate: one of ESTIMATORS
     train_a: bool = False  # first-order only: train A too (full LoRA), not only B (LoRA-FA)
     seed: int = 0  # seeds A's init, batch order and every z
     rank: int = 8
@@ -80,6 +82,12 @@ class TrainConfig:
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.estimator in ESTIMATORS, f"--estimator {self.estimator!r} is unknown: use one of "
+             f"{', '.join(ESTIMATORS)} ('prge-gguf train --help' describes them)"),
+            (self.estimator == "prge" or self.optimizer in ZEROTH_ORDER,
+             f"--estimator {self.estimator} estimates the gradient from forward passes; --optimizer "
+             f"{self.optimizer} backpropagates: use --optimizer {', '.join(ZEROTH_ORDER)}"),
+            (not (why := refusal(self.estimator, self.rank)), why),
             (not (self.train_a and self.optimizer in ZEROTH_ORDER),
              "--train-a trains A by backprop: use --optimizer sgd or adam (P-RGE trains B only)"),
             (self.eval_every >= 0, "--eval-every must be >= 0"),
@@ -167,6 +175,16 @@ def pair_loss_fn(
     return pair_loss
 
 
+def oracle_fn(
+    engine: Engine, adapter: LoraAdapter, batch: Sequence[TokenizedExample], cfg: TrainConfig,
+    workers: Workers | None = None,
+) -> Oracle:
+    """The losses an estimator may ask for on `batch`: pairs at B +/- offsets (shared among
+    `workers`), and the loss at B itself (each rank scores it: one evaluation)."""
+    return Oracle(pair_loss_fn(engine, adapter, batch, cfg, workers),
+                  lambda: float(example_losses(engine, batch, [(adapter, 1.0)], cfg.loss)[0].mean()))
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of `step` (0-based) under the configured schedule."""
     if cfg.lr_schedule == "linear":
@@ -227,8 +245,8 @@ def train(
     workers: Workers | None = None,
     optimizer_state: OptimizerState | None = None,
 ) -> LoraAdapter:
-    """Run steps `start_step`..`cfg.steps` from `adapter` (and, for Adam, `optimizer_state`: its
-    moments); returns the trained adapter.
+    """Run steps `start_step`..`cfg.steps` from `adapter` (and `optimizer_state`: the optimizer's
+    moments and the estimator's state); returns the trained adapter.
 
     Checkpoints every `cfg.checkpoint_every` steps and on Ctrl-C; a run resumed
     from a checkpoint ends bit-identical to an uninterrupted one. With several
@@ -316,10 +334,14 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
     if cfg.optimizer in ZEROTH_ORDER:
-        estimate, lp, lm = estimate_step(adapter.b, pair_loss_fn(engine, adapter, batch, cfg, workers),
-                                         seed=cfg.seed, step=step, q=cfg.q, eps=cfg.eps)
-        new_b, state = _descend(adapter.b, estimate, state, cfg, lr, step)
-        new, loss, passes = adapter.with_b(new_b), float((lp.mean() + lm.mean()) / 2), 2 * cfg.q
+        # One state dict for the checkpoint: the estimator's keys ("<estimator>/...") and the optimizer's.
+        mine, state = own_state(cfg.estimator, state)
+        est = ESTIMATORS[cfg.estimator][1](adapter.b, oracle_fn(engine, adapter, batch, cfg, workers), mine,
+                                           seed=cfg.seed, step=step, q=cfg.q, eps=cfg.eps)
+        new_b, state = _descend(adapter.b, est.gradient, state, cfg, lr, step)
+        state |= est.state
+        new, passes = adapter.with_b(new_b), est.evaluations
+        loss = float((est.loss_plus.mean() + est.loss_minus.mean()) / 2)
     else:
         new, state, loss = _first_order(engine, adapter, state, batch, cfg, lr, step)
         passes = 1

@@ -23,6 +23,16 @@ Test sets: SST-2 dev (872), SuperGLUE val.
     python scripts/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
     python scripts/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
 
+Choosing defaults (issue 23) reads no test set: `--tuning-only` reports each row's validation
+accuracy (its best scoring and its last) and scores zero-shot on the validation split (give it a
+--work of its own: rows.jsonl keys rows by task, model, method and seed, not by what scored them), and
+`--budget-tokens N` gives every row the steps that fill N forward tokens instead of the wall time
+(both columns are reported either way). The forward-only estimators run as zo-q1-NAME and
+zo-b64-NAME (NAME of `prge-gguf train --help`'s list), e.g.
+
+    python scripts/bench_accuracy.py --tuning-only --tasks sst2 --models smollm2-135m \
+        --methods zo-b64 zo-b64-hizoo zo-b64-lozo zo-b64-conmezo fo-qv --budget-min 6
+
 On a GPU machine: a model given as LABEL=PATH keeps its label in the rows, and each engine's
 extra flags go to every command that runs on it:
 
@@ -48,6 +58,7 @@ from pathlib import Path
 
 from bench_common import GpuSlots, machine, write_outputs
 
+from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.lora import TARGETS
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -72,6 +83,9 @@ METHODS = {
     "zo-b64c": [*_B64, "--lr-schedule", "constant", "--lr", "1e-2"],
     "zo-b64s": [*_B64, "--lr-schedule", "constant", "--lr", "2e-3"],
 }
+# The forward-only estimators (--estimator) at zo-q1's and zo-b64's settings: zo-q1-hizoo, zo-b64-lozo, ...
+METHODS |= {f"{base}-{name}": [*METHODS[base], "--estimator", name]
+            for base in ("zo-q1", "zo-b64") for name in ESTIMATORS if name != "prge"}
 DEFAULT_METHODS = ["zo-q1", "zo-q4", "zo-b64", "fo", "fo-qv"]
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
@@ -85,6 +99,8 @@ EXTRA: dict[str, list[str]] = {"llama": [], "torch": []}
 GPU_ENV = threading.local()
 # Each task's train/validation flags (tuning_split), written before rows start.
 SPLITS: dict[str, list[str]] = {}
+# --tuning-only: rows are scored on the validation split and no test set is read.
+TUNING_ONLY = False
 
 
 def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[str], list[str]]:
@@ -164,17 +180,19 @@ def zero_shot(task: str, model: str, threads: int) -> dict:
 
 
 def test_accuracy(task: str, model: str, adapter: Path | None, threads: int) -> tuple[float, float]:
-    """(test-set accuracy of `model` with `adapter` or none, on the llama engine; peak RSS MiB)."""
+    """(test-set accuracy of `model` with `adapter` or none, on the llama engine; peak RSS MiB);
+    with --tuning-only, of the validation split."""
     with_adapter = ["--adapter", str(adapter)] if adapter else []
-    out, rss = cli(["eval", *test_args(task), "--model", model, *with_adapter, "--json", *EXTRA["llama"]],
-                   threads)
+    scored = SPLITS[task] if TUNING_ONLY else test_args(task)
+    out, rss = cli(["eval", *scored, "--model", model, *with_adapter, "--json", *EXTRA["llama"]], threads)
     return json.loads(out.splitlines()[-1])["accuracy"], rss
 
 
 def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
-              threads: int, evals: int, val_size: int) -> dict:
-    """Train `method` for `budget_s` of training wall time, then score the test set with the
-    adapter of the best validation score and with the final one."""
+              threads: int, evals: int, val_size: int, budget_tokens: int = 0) -> dict:
+    """Train `method` for `budget_s` of training wall time (or, given, `budget_tokens` forward
+    tokens), then score the test set with the adapter of the best validation score and with the
+    final one; with --tuning-only, report those two validation scores instead."""
     engine = "torch" if "torch" in METHODS[method] else "llama"
     base = ["train", *SPLITS[task], "--model", model, *METHODS[method], *EXTRA[engine],
             "--seed", str(seed), "--checkpoint-every", "0"]
@@ -183,8 +201,9 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
         shutil.rmtree(stale, ignore_errors=True)
     cli([*base, "--steps", "4", "--eval-every", "0", "--valid", str(_one_example(task, work)),
          "--out", str(probe)], threads)
-    step_s = statistics.median(r["step_s"] for r in _rows(probe) if "loss" in r)
-    steps = max(1, int(budget_s / step_s))
+    probed = [r for r in _rows(probe) if "loss" in r]
+    per_step = statistics.median(r["tokens"] if budget_tokens else r["step_s"] for r in probed)
+    steps = max(1, int((budget_tokens or budget_s) / per_step))
     _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
                   "--eval-size", str(val_size), "--out", str(run)], threads)
     rows = _rows(run)
@@ -192,10 +211,13 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     steps_run = [r for r in rows if "loss" in r]
     evaluated = [r for r in rows if "eval_accuracy" in r]
     best = max(evaluated, key=lambda r: r["eval_accuracy"])  # the first of equals, as best.gguf
-    accuracy = test_accuracy(task, model, run / "best.gguf", threads)[0]
-    # best.gguf is the final adapter when the last evaluation won: one test scoring is enough
-    final_accuracy = accuracy if best["step"] == steps else \
-        test_accuracy(task, model, run / "adapter.gguf", threads)[0]
+    if TUNING_ONLY:
+        accuracy, final_accuracy = best["eval_accuracy"], evaluated[-1]["eval_accuracy"]
+    else:
+        accuracy = test_accuracy(task, model, run / "best.gguf", threads)[0]
+        # best.gguf is the final adapter when the last evaluation won: one test scoring is enough
+        final_accuracy = accuracy if best["step"] == steps else \
+            test_accuracy(task, model, run / "adapter.gguf", threads)[0]
     return {"accuracy": accuracy, "final_accuracy": final_accuracy, "best_step": best["step"],
             "wall_s": final["train_s"], "steps": steps,
             "forward_tokens": sum(r["tokens"] for r in steps_run), "peak_rss_mib": rss,
@@ -257,7 +279,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    global DATA_DIR
+    global DATA_DIR, TUNING_ONLY
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["sst2", "rte", "cb", "copa", "wic"])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
@@ -269,6 +291,10 @@ def main() -> None:
                         "'zo-all=--batch-size 64 --targets attn_q,attn_v,ffn_up'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
+    p.add_argument("--budget-tokens", type=int, default=0,
+                   help="forward tokens per row instead of --budget-min (equal forward work, not time)")
+    p.add_argument("--tuning-only", action="store_true",
+                   help="score rows (and zero-shot) on the validation split; read no test set")
     p.add_argument("--evals", type=int, default=5, help="validation scorings during training (and step 0)")
     p.add_argument("--val-size", type=int, default=0, help="validation rows a scoring (0 = all)")
     p.add_argument("--threads", type=int, default=2)
@@ -297,7 +323,7 @@ def main() -> None:
         METHODS[name] = split
     if unknown := sorted(set(args.methods) - set(METHODS)):
         p.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    DATA_DIR = args.data_dir
+    DATA_DIR, TUNING_ONLY = args.data_dir, args.tuning_only
     EXTRA.update(llama=shlex.split(args.llama_args), torch=shlex.split(args.torch_args))
     models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)  # label -> name or path
     args.work.mkdir(parents=True, exist_ok=True)
@@ -324,12 +350,13 @@ def main() -> None:
             with gpus.env() as GPU_ENV.env:
                 result = zero_shot(task, models[label], args.threads) if method == "zero-shot" \
                     else train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
-                                   args.threads, args.evals, args.val_size)
+                                   args.threads, args.evals, args.val_size, args.budget_tokens)
         except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
             print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
                   flush=True)
             return None
-        row = {"task": task, "model": label, "method": method, "seed": seed, "machine": where, **result}
+        row = {"task": task, "model": label, "method": method, "seed": seed, "machine": where,
+               "scored": "validation" if TUNING_ONLY else "test", **result}
         with done_file.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{k}: accuracy {row['accuracy']:.3f}", file=sys.stderr, flush=True)
@@ -345,14 +372,20 @@ def main() -> None:
     extra = "; ".join(f"{engine} engine: `{' '.join(flags)}`" for engine, flags in EXTRA.items() if flags)
     # Each row names the machine it ran on: a report may gather rows of several runs.
     machines = "; ".join(sorted({r.get("machine", "not recorded") for r in done}))
+    budget = f"{args.budget_tokens:,} forward tokens" if args.budget_tokens else \
+        f"{args.budget_min:g} min of training"
+    scoring = (f"accuracy: the validation split's best of {args.evals} scorings and step 0, final adapter: "
+               "its last; no test set read (--tuning-only)") if TUNING_ONLY else \
+        ("accuracy: the test set scored with the adapter of the best validation score "
+         f"({args.evals} scorings and step 0), final adapter: with the last; "
+         "test sets: SST-2 dev (872), SuperGLUE val")
     write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
+                             "budget_tokens": args.budget_tokens, "tuning_only": TUNING_ONLY,
                              "jobs": args.jobs, "gpus": args.gpus, "extra_args": EXTRA, "models": models,
                              "summary": summary, "rows": done},
-                  table + f"\n\nBudget {args.budget_min:g} min of training per row ({args.jobs} rows "
+                  table + f"\n\nBudget {budget} per row ({args.jobs} rows "
                   f"at once{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); "
-                  "accuracy: the test set scored with the adapter of the best validation score "
-                  f"({args.evals} scorings and step 0), final adapter: with the last; "
-                  "test sets: SST-2 dev (872), SuperGLUE val; plot: "
+                  + scoring + "; plot: "
                   f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
                   f"{info['llama_cpp_python']}, commit {info['git_commit']}."
                   + (f" Extra flags: {extra}." if extra else ""))
