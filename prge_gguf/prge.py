@@ -12,7 +12,9 @@ gradient (to O(eps^2)); q > 1 averages independent estimates.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,6 +31,26 @@ def direction(
     return {n: rng.standard_normal(shapes[n], dtype=np.float32) for n in sorted(shapes)}
 
 
+def directions(
+    shapes: Mapping[str, tuple[int, ...]], seed: int, step: int, scales: Sequence[float]
+) -> list[dict[str, np.ndarray]]:
+    """scales[i] * z_i (float32) for queries i = 0..len(scales)-1, the queries on threads at once
+    (numpy's generators release the GIL while they fill): with the perturbations scored in
+    parallel, drawing z one query after another would grow a step's time with q. Each z has its
+    own generator, so the values are `direction`'s."""
+
+    def scaled(i: int) -> dict[str, np.ndarray]:
+        z = direction(shapes, seed, step, i)
+        for arr in z.values():
+            arr *= np.float32(scales[i])
+        return z
+
+    if len(scales) == 1:
+        return [scaled(0)]
+    with ThreadPoolExecutor(min(len(scales), os.cpu_count() or 1), thread_name_prefix="prge-z") as pool:
+        return list(pool.map(scaled, range(len(scales))))
+
+
 def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: float) -> np.ndarray:
     """Central differences g_i = (L+_i - L-_i) / (2 eps), one per query."""
     return (np.asarray(loss_plus, np.float64) - np.asarray(loss_minus, np.float64)) / (2 * eps)
@@ -37,11 +59,12 @@ def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: floa
 def gradient_estimate(
     shapes: Mapping[str, tuple[int, ...]], grads: np.ndarray, seed: int, step: int
 ) -> dict[str, np.ndarray]:
-    """mean_i g_i z_i, with the z_i regenerated one at a time."""
+    """mean_i g_i z_i, with the z_i regenerated (all q at once, as the step's perturbations were
+    held) and summed in query order."""
     total = {n: np.zeros(s, dtype=np.float32) for n, s in shapes.items()}
-    for i, g in enumerate(grads):
-        for n, z in direction(shapes, seed, step, i).items():
-            total[n] += np.float32(g / len(grads)) * z
+    for z in directions(shapes, seed, step, [g / len(grads) for g in grads]):
+        for n in total:
+            total[n] += z[n]
     return total
 
 
@@ -65,12 +88,9 @@ def estimate_step(
     perturbed losses (the engine decides how to batch them).
     """
     shapes = {n: p.shape for n, p in params.items()}
-    scaled = [
-        {n: np.float32(eps) * z for n, z in direction(shapes, seed, step, i).items()}
-        for i in range(q)
-    ]
+    scaled = directions(shapes, seed, step, [eps] * q)
     loss_plus, loss_minus = pair_loss(scaled)
-    del scaled  # the estimate regenerates each z: never more than one direction held besides
+    del scaled  # the estimate regenerates the z: never two sets held at once
     grads = projected_gradients(loss_plus, loss_minus, eps)
     return gradient_estimate(shapes, grads, seed, step), loss_plus, loss_minus
 
