@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
@@ -152,8 +154,15 @@ def pair_loss_fn(
         # mis-applies two adapters on one weight: see bench/NOTES.md.)
         signed = [(dz, sign) for dz in scaled for sign in (1, -1)]
         mine = workers.mine(len(signed))
-        perturbed = [adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
-                     for dz, sign in (signed[k] for k in mine)]
+
+        def perturb(k: int) -> LoraAdapter:
+            dz, sign = signed[k]
+            return adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
+
+        # On threads (numpy's adds release the GIL): 2q copies of B one after another would grow
+        # a step's time with q when the engine scores the perturbations in parallel.
+        with ThreadPoolExecutor(max(1, min(len(mine), os.cpu_count() or 1))) as pool:
+            perturbed = list(pool.map(perturb, mine))
         means = np.zeros(len(signed))
         for k, results in zip(mine, engine.score_each(requests, perturbed), strict=True):
             means[k] = losses_of(batch, results, cfg.loss)[0].mean()
