@@ -12,11 +12,11 @@ gradient (to O(eps^2)); q > 1 averages independent estimates.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from prge_gguf.threads import thread_map
 
 Tensors = Mapping[str, np.ndarray]
 # Losses at B + eps*z_i and B - eps*z_i for each direction in the list, in order.
@@ -32,23 +32,12 @@ def direction(
 
 
 def directions(
-    shapes: Mapping[str, tuple[int, ...]], seed: int, step: int, scales: Sequence[float]
+    shapes: Mapping[str, tuple[int, ...]], seed: int, step: int, q: int
 ) -> list[dict[str, np.ndarray]]:
-    """scales[i] * z_i (float32) for queries i = 0..len(scales)-1, the queries on threads at once
-    (numpy's generators release the GIL while they fill): with the perturbations scored in
-    parallel, drawing z one query after another would grow a step's time with q. Each z has its
+    """z_0..z_{q-1} of `step`, drawn on threads at once: with the perturbations scored in
+    parallel, drawing them one after another would grow a step's time with q. Each z has its
     own generator, so the values are `direction`'s."""
-
-    def scaled(i: int) -> dict[str, np.ndarray]:
-        z = direction(shapes, seed, step, i)
-        for arr in z.values():
-            arr *= np.float32(scales[i])
-        return z
-
-    if len(scales) == 1:
-        return [scaled(0)]
-    with ThreadPoolExecutor(min(len(scales), os.cpu_count() or 1), thread_name_prefix="prge-z") as pool:
-        return list(pool.map(scaled, range(len(scales))))
+    return thread_map(lambda i: direction(shapes, seed, step, i), range(q))
 
 
 def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: float) -> np.ndarray:
@@ -59,12 +48,17 @@ def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: floa
 def gradient_estimate(
     shapes: Mapping[str, tuple[int, ...]], grads: np.ndarray, seed: int, step: int
 ) -> dict[str, np.ndarray]:
-    """mean_i g_i z_i, with the z_i regenerated (all q at once, as the step's perturbations were
-    held) and summed in query order."""
+    """mean_i g_i z_i, with the z_i regenerated."""
+    return _weighted_mean(shapes, directions(shapes, seed, step, len(grads)), grads)
+
+
+def _weighted_mean(shapes: Mapping[str, tuple[int, ...]], zs: Sequence[Tensors], grads: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """mean_i g_i z_i, summed in query order."""
     total = {n: np.zeros(s, dtype=np.float32) for n, s in shapes.items()}
-    for z in directions(shapes, seed, step, [g / len(grads) for g in grads]):
+    for z, g in zip(zs, grads, strict=True):
         for n in total:
-            total[n] += z[n]
+            total[n] += np.float32(g / len(grads)) * z[n]
     return total
 
 
@@ -88,11 +82,14 @@ def estimate_step(
     perturbed losses (the engine decides how to batch them).
     """
     shapes = {n: p.shape for n, p in params.items()}
-    scaled = directions(shapes, seed, step, [eps] * q)
+    # The z are kept for the estimate, not drawn again: a step holds q of them and, while the
+    # engine scores, their q scaled copies (as many B-sized arrays as perturbed adapters).
+    zs = directions(shapes, seed, step, q)
+    scaled = thread_map(lambda z: {n: np.float32(eps) * arr for n, arr in z.items()}, zs)
     loss_plus, loss_minus = pair_loss(scaled)
-    del scaled  # the estimate regenerates the z: never two sets held at once
+    del scaled
     grads = projected_gradients(loss_plus, loss_minus, eps)
-    return gradient_estimate(shapes, grads, seed, step), loss_plus, loss_minus
+    return _weighted_mean(shapes, zs, grads), loss_plus, loss_minus
 
 
 def prge_step(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
@@ -29,6 +27,7 @@ from prge_gguf.optim import (
 )
 from prge_gguf.prge import PairLoss, descend, estimate_step
 from prge_gguf.run_dir import RunDir
+from prge_gguf.threads import thread_map
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
@@ -159,10 +158,9 @@ def pair_loss_fn(
             dz, sign = signed[k]
             return adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
 
-        # On threads (numpy's adds release the GIL): 2q copies of B one after another would grow
-        # a step's time with q when the engine scores the perturbations in parallel.
-        with ThreadPoolExecutor(max(1, min(len(mine), os.cpu_count() or 1))) as pool:
-            perturbed = list(pool.map(perturb, mine))
+        # 2q copies of B one after another would grow a step's time with q when the engine
+        # scores the perturbations in parallel.
+        perturbed = thread_map(perturb, mine)
         means = np.zeros(len(signed))
         for k, results in zip(mine, engine.score_each(requests, perturbed), strict=True):
             means[k] = losses_of(batch, results, cfg.loss)[0].mean()

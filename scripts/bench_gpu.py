@@ -1,6 +1,8 @@
-"""GPU rows of the speed benchmarks (issue #5): the llama.cpp P-RGE step on CUDA against the
-same step on the CPU, and the torch engine's one batched forward of all 2q perturbations
-against 2q sequential forwards on CUDA (the paper's parallelism claim).
+"""GPU rows of the speed benchmarks (issues #5, #24): the llama.cpp P-RGE step on CUDA with the
+step's perturbations on K contexts at once (`--parallel`) against the former path (one context,
+an adapter file loaded per perturbation), at q = 1 and 4 and batch 16 and 64, on the 135M, 1.1B
+and 7B shapes; the same step on the machine's CPU split into K contexts x T threads; and the
+torch engine's one batched forward of all 2q perturbations against 2q sequential forwards.
 
 The models are random-weight GGUFs of real shapes (`scripts/synthetic_gguf.py`): speed only,
 never accuracy. Two commands, both from the repository root:
@@ -13,7 +15,7 @@ never accuracy. Two commands, both from the repository root:
     # carry-gpu/whl (else builds it for CUDA sm_90 from the carried sdist, ~160-200 s on 16
     # cores; --build forces that), then measures
     python3 scripts/bench_gpu.py --carry carry-gpu --out-dir $OUT --keep-torch bench/gpu.json \
-        --torch-presets '' --warmup 1 --min-steps 3 --max-s 6
+        --torch-presets '' --warmup 1 --min-steps 3 --max-s 0.8
 
 It prints a table and writes OUT_DIR/gpu.json and OUT_DIR/gpu.md (the card, CPU, threads,
 llama.cpp build and commit inside). A fresh build also leaves the installed package in
@@ -38,9 +40,12 @@ had no libstdc++.so.6 dependency at all; that alone did not stop the crash.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import ctypes
+import io
 import json
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -261,11 +266,12 @@ def _gpu_mem_used_mib() -> float | None:
 
 def llama_step_rows(model: Path, preset: str, backend: str,
                     variants: list[tuple[int, int, int, int | None]], warmup: int, min_steps: int,
-                    max_s: float) -> list[dict]:
+                    max_s: float, profile: set[tuple[int, int, int]]) -> list[dict]:
     """Median wall time of the P-RGE step (train's work: the 2q perturbed losses on a batch of
     SST-2 examples through the engine, then the update) for each variant (q, batch size, K
     contexts, threads in all: None for the engine's default); K = 0 is `OneAtATime`. The
-    context is fitted to the batch as `train` fits it."""
+    context is fitted to the batch as `train` fits it. Variants in `profile` (q, batch, K) also
+    print a profile of their host time."""
     from prge_gguf.cli import CPU_MAX_N_CTX, GPU_MAX_N_CTX
     from prge_gguf.data import decode_size
     from prge_gguf.engine.llama import LlamaEngine
@@ -283,7 +289,7 @@ def llama_step_rows(model: Path, preset: str, backend: str,
                 engine.set_context(decode_size(train, [], batch_size, GPU_MAX_N_CTX if backend == "cuda"
                                                else CPU_MAX_N_CTX))
                 rows.append(_step_row(engine, OneAtATime(engine) if k == 0 else engine, train, q, batch_size,
-                                      warmup, min_steps, max_s) | {
+                                      warmup, min_steps, max_s, (q, batch_size, k) in profile) | {
                     "model": preset, "type": _file_type(model), "backend": backend,
                     "n_gpu_layers": -1 if backend == "cuda" else 0, "parallel": k,
                     "threads": engine.threads, "load_s": load_s,
@@ -297,7 +303,7 @@ def llama_step_rows(model: Path, preset: str, backend: str,
 
 
 def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int, min_steps: int,
-              max_s: float) -> dict:
+              max_s: float, profile: bool) -> dict:
     """Time P-RGE steps of `engine` at q and this batch size, scoring through `scorer`: the
     median step, the median time in scoring (the rest is Python: z, adapters, update) and the
     engine's seconds per step in decode, adapter and logits (summed over contexts)."""
@@ -332,6 +338,16 @@ def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int,
             parts.append(Counter(engine.timings) - before)
         if len(times) >= min_steps and sum(times) >= max_s:
             break
+    if profile:
+        # Where a step's host time goes: three more steps under cProfile, the top functions by
+        # their own time (threads other than the caller's are not profiled).
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [prge_step(adapter.b, pair_loss_fn(scorer, adapter, train[:batch_size], cfg),
+                                            seed=cfg.seed, step=s, q=q, eps=cfg.eps, lr=0.0)
+                                  for s in range(3)])
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
+        log(text.getvalue())
     med = statistics.median(times)
     return {"q": q, "batch_size": batch_size, "n_ctx": engine.n_ctx, "steps_timed": len(times),
             "warmup": warmup, "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
@@ -343,13 +359,15 @@ def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int,
             "gpu_mem_used_mib": _gpu_mem_used_mib()}
 
 
-def step_variants(backend: str, qs: list[int], batches: list[int], parallels: list[int],
+def step_variants(backend: str, qs: list[int], batches: list[int], parallels: list[str],
                   cpu_splits: list[tuple[int, int]]) -> list[tuple[int, int, int, int | None]]:
-    """(q, batch size, K, threads in all) to measure: on CUDA each K of `parallels` (0: the former
-    path) up to 2q contexts, at the engine's default threads; on the CPU each split K x T of its
-    cores up to 2q contexts, and the former path on the threads of the first split."""
+    """(q, batch size, K, threads in all) to measure: on CUDA each K of `parallels` ("0": the
+    former path; "2q": one context a perturbation) up to 2q contexts, at the engine's default
+    threads; on the CPU each split K x T of its cores up to 2q contexts, and the former path on
+    the threads of the first split."""
     if backend == "cuda":
-        return [(q, b, k, None) for b in batches for q in qs for k in parallels if k <= 2 * q]
+        ks = {q: list(dict.fromkeys(2 * q if k == "2q" else int(k) for k in parallels)) for q in qs}
+        return [(q, b, k, None) for b in batches for q in qs for k in ks[q] if k <= 2 * q]
     splits = [(0, cpu_splits[0][0] * cpu_splits[0][1]), *((k, k * t) for k, t in cpu_splits)]
     return [(q, b, k, threads) for b in batches for q in qs for k, threads in splits if k <= 2 * q]
 
@@ -552,8 +570,11 @@ def main() -> None:
     ap.add_argument("--llama-q", default="1,4")
     ap.add_argument("--batch-sizes", default="16,64", help="CUDA rows' batch sizes")
     ap.add_argument("--cpu-batch-sizes", default="16")
-    ap.add_argument("--parallel", default="0,1,2,8",
-                    help="CUDA rows' contexts K (0: the former path, one adapter file loaded at a time)")
+    ap.add_argument("--parallel", default="0,1,2q",
+                    help="CUDA rows' contexts K (0: the former path, one adapter file loaded at a time; "
+                         "2q: one context a perturbation)")
+    ap.add_argument("--profile", default="", metavar="Q,BATCH,K;...",
+                    help="CUDA rows of the first preset to profile (cProfile, printed) after timing")
     ap.add_argument("--cpu-splits", default=f"1x{os.cpu_count()},2x{max(1, (os.cpu_count() or 2) // 2)},"
                                             f"4x{max(1, (os.cpu_count() or 4) // 4)},"
                                             f"8x{max(1, (os.cpu_count() or 8) // 8)}",
@@ -691,12 +712,14 @@ def run_item(args: argparse.Namespace) -> None:
         preset, ftype, backend = rest
         qs = [int(q) for q in args.llama_q.split(",")]
         if backend == "cuda":
-            variants = step_variants(backend, qs, _ints(args.batch_sizes), _ints(args.parallel), [])
+            variants = step_variants(backend, qs, _ints(args.batch_sizes), args.parallel.split(","), [])
         else:
             splits = [tuple(int(n) for n in split.split("x")) for split in args.cpu_splits.split(",")]
             variants = step_variants(backend, qs, _ints(args.cpu_batch_sizes), [], splits)
+        profile = {tuple(_ints(v)) for v in args.profile.split(";") if v} if backend == "cuda" \
+            and preset == args.presets.split(",")[0].split(":")[0] else set()
         out = llama_step_rows(model(preset, ftype), preset, backend, variants, args.warmup, args.min_steps,
-                              args.max_s)
+                              args.max_s, profile)
     else:
         # F16 file: transformers dequantizes to fp32 anyway, and it needs no llama.cpp.
         preset = rest[0]

@@ -3,9 +3,14 @@ its tensors are overwritten with each new adapter's values.
 
 llama.cpp loads an adapter only from a GGUF file and offers no call to change a loaded one. A
 P-RGE step scores 2q fresh adapters that differ only in their values, so a `ResidentAdapter` is
-loaded once, and each new adapter's A and B are copied into its tensors with ggml's public
-`ggml_backend_tensor_set` (on a GPU, a host-to-device copy): no file, no load, and, the adapter
-set of its context never changing, no scheduler re-reservation.
+loaded once, and each new adapter's values are copied into its tensors with ggml's public API
+(on a GPU, a host-to-device copy): no file, no load, and, the adapter set of its context never
+changing, no scheduler re-reservation. The copy is one `ggml_backend_tensor_set` per backend
+buffer: the adapter's tensors lie together in the buffer llama.cpp allocated for them, so a host
+image of that span (A and B at their offsets) goes over at once through a 1-D tensor placed on
+the span with `ggml_backend_tensor_alloc`. One call, not one per tensor (two for each adapted
+weight), matters when several contexts write at once: each call takes the GIL back and, on a
+GPU, synchronises a stream.
 
 Where those tensors are: llama.h keeps an adapter's internals private, but a graph lists every
 tensor it reads. `locate_tensors` decodes one token with the adapter set, in a scratch context
@@ -52,11 +57,36 @@ class _GgmlTensor(ctypes.Structure):
     ]
 
 
+class _GgmlInitParams(ctypes.Structure):
+    """ggml.h's `struct ggml_init_params`."""
+
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _bind(name: str, argtypes: list, restype: object) -> ctypes._CFuncPtr:
+    fn = getattr(_ggml, name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 # libggml-base sits beside libllama, which llama_cpp loaded from there already.
 _ggml = load_shared_library("ggml-base", ll._base_path)
-_tensor_set = _ggml.ggml_backend_tensor_set
-_tensor_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-_tensor_set.restype = None
+_tensor_set = _bind("ggml_backend_tensor_set", [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 2, None)
+_tensor_overhead = _bind("ggml_tensor_overhead", [], ctypes.c_size_t)
+_ggml_init = _bind("ggml_init", [_GgmlInitParams], ctypes.c_void_p)
+_ggml_free = _bind("ggml_free", [ctypes.c_void_p], None)
+_new_tensor_1d = _bind("ggml_new_tensor_1d", [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64], ctypes.c_void_p)
+_tensor_alloc = _bind("ggml_backend_tensor_alloc", [ctypes.c_void_p] * 3, ctypes.c_int)
+
+
+@dataclass
+class _Span:
+    """A run of one backend buffer holding adapter tensors, with its host image: `tensor` is the
+    float32 1-D tensor placed on it; `slots[name]` the image's slice of tensor `name`."""
+
+    tensor: int
+    image: np.ndarray
+    slots: dict[str, np.ndarray]
 
 
 def load_adapter(model: ll.llama_model_p, adapter: LoraAdapter, scratch: Path) -> ll.llama_adapter_lora_p:
@@ -79,34 +109,61 @@ def layout(adapter: LoraAdapter) -> tuple:
 
 @dataclass
 class ResidentAdapter:
-    """An adapter loaded once into llama.cpp; `write` gives its tensors another adapter's values."""
+    """An adapter loaded once into llama.cpp; `write` gives its tensors another adapter's values.
+    `locate_tensors` must have found its tensors first."""
 
     handle: ll.llama_adapter_lora_p
     layout: tuple
     _a: dict[str, np.ndarray]  # the A tensors it holds: LoRA-FA's steps share them, unwritten
-    _tensors: dict[str, int] = field(default_factory=dict)  # "<weight>.lora_a" -> ggml_tensor *
+    _loaded: LoraAdapter | None  # the values it was loaded with: the first host image
+    _ctx: int | None = None  # the ggml context of the span tensors
+    _spans: list[_Span] = field(default_factory=list)
 
     @classmethod
     def load(cls, model: ll.llama_model_p, adapter: LoraAdapter, scratch: Path) -> ResidentAdapter:
         """Load `adapter` (its tensors found later, by `locate_tensors`)."""
-        return cls(load_adapter(model, adapter, scratch), layout(adapter), adapter.a)
+        return cls(load_adapter(model, adapter, scratch), layout(adapter), adapter.a, adapter)
 
     def write(self, adapter: LoraAdapter) -> None:
         """Overwrite the loaded tensors with `adapter`'s (of the same layout): B always, A where
         the adapter's A is not the one held. Call it only between its context's decodes."""
-        if adapter.a is not self._a:
+        for span in self._spans:
             for name in adapter.names:
-                self._set(f"{name}.lora_a", adapter.a[name])
-            self._a = adapter.a
-        for name in adapter.names:
-            self._set(f"{name}.lora_b", adapter.b[name])
+                if adapter.a is not self._a and f"{name}.lora_a" in span.slots:
+                    span.slots[f"{name}.lora_a"][...] = adapter.a[name]
+                if f"{name}.lora_b" in span.slots:
+                    span.slots[f"{name}.lora_b"][...] = adapter.b[name]
+            _tensor_set(span.tensor, span.image.ctypes.data, 0, span.image.nbytes)
+        self._a = adapter.a
 
-    def _set(self, tensor: str, values: np.ndarray) -> None:
-        data = np.ascontiguousarray(values, dtype=np.float32)
-        _tensor_set(self._tensors[tensor], data.ctypes.data, 0, data.nbytes)
+    def _place(self, tensors: dict[str, int]) -> None:
+        """Spans over `tensors` (name -> ggml_tensor *), one a backend buffer, with host images
+        of the loaded values."""
+        by_buffer: dict[int, dict[str, _GgmlTensor]] = {}
+        for name, ptr in tensors.items():
+            t = ctypes.cast(ptr, ctypes.POINTER(_GgmlTensor)).contents
+            by_buffer.setdefault(t.buffer, {})[name] = t
+        self._ctx = _ggml_init(_GgmlInitParams(_tensor_overhead() * len(by_buffer), None, True))
+        for buffer, members in by_buffer.items():
+            start = min(t.data for t in members.values())
+            end = max(t.data + 4 * t.ne[0] * t.ne[1] for t in members.values())
+            span = _new_tensor_1d(self._ctx, _GGML_TYPE_F32, (end - start) // 4)
+            if _tensor_alloc(buffer, span, start) != 0:
+                raise PrgeError("ggml could not place a tensor on the loaded adapter's buffer")
+            image = np.zeros((end - start) // 4, np.float32)
+            slots = {}
+            for name, t in members.items():
+                offset = (t.data - start) // 4
+                slots[name] = image[offset:offset + t.ne[0] * t.ne[1]].reshape(t.ne[1], t.ne[0])
+                weight, kind = name.rsplit(".", 1)
+                slots[name][...] = (self._loaded.a if kind == "lora_a" else self._loaded.b)[weight]
+            self._spans.append(_Span(span, image, slots))
+        self._loaded = None  # the images hold its values now
 
     def free(self) -> None:
         """Free the adapter (after every context using it has dropped it or been freed)."""
+        if self._ctx is not None:
+            _ggml_free(self._ctx)
         ll.llama_adapter_lora_free(self.handle)
 
 
@@ -138,7 +195,7 @@ def locate_tensors(model: ll.llama_model_p, residents: list[ResidentAdapter]) ->
             ll.llama_synchronize(ctx)
             if rc != 0:
                 raise PrgeError(f"llama_decode failed (code {rc}) while locating the adapter's tensors")
-            resident._tensors = _checked(found, resident.layout)
+            resident._place(_checked(found, resident.layout))
     finally:
         ll.llama_free(ctx)
 
