@@ -470,7 +470,7 @@ def tables(result: dict) -> str:
     lines = [f"GPU: {m.get('gpu') or 'none'}; CPU: {m['cpu']} ({m['cores']} cores); "
              f"llama-cpp-python {result.get('llama_cpp_python', '?')} "
              f"({result.get('llama_system_info', '').strip()}); torch {m['torch']} (CUDA {m['torch_cuda']}); "
-             f"commit {m['git_commit']}.",
+             f"commit {m.get('carry_commit') or m['git_commit']}.",
              "Models: random-weight GGUFs of real shapes (scripts/synthetic_gguf.py) - speed only, "
              "never accuracy.", ""]
     cuda = [r for r in result["llama_steps"] if r["backend"] == "cuda"]

@@ -52,14 +52,21 @@ def _scratch_dir() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-# Contexts that score a step's perturbations at once on a GPU unless --parallel says otherwise.
+# Contexts that score a step's perturbations at once on a GPU unless --parallel says otherwise:
+# on an H200 (bench/gpu.md) 8 stepped fastest at q = 4 on the 135M, 1.1B and 7B shapes, and
+# q = 1 uses its 2.
 PARALLEL_GPU = 8
+# CPU threads a context takes by default: on the H200 machine's 16 cores the step was fastest
+# split 8 contexts x 2 threads at q = 4 (1.9x one context of 16) and 2 x 8 at q = 1.
+THREADS_PER_CPU_CONTEXT = 2
 
 
-def default_parallel(n_gpu_layers: int) -> int:
-    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU one context, whose
-    threads already use every core."""
-    return PARALLEL_GPU if n_gpu_layers != 0 else 1
+def default_parallel(n_gpu_layers: int, threads: int) -> int:
+    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU, a context for each
+    THREADS_PER_CPU_CONTEXT of the threads (one on a 2-core machine), at most PARALLEL_GPU."""
+    if n_gpu_layers != 0:
+        return PARALLEL_GPU
+    return max(1, min(PARALLEL_GPU, threads // THREADS_PER_CPU_CONTEXT))
 
 
 @dataclass
@@ -99,7 +106,8 @@ class LlamaEngine:
     ) -> None:
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)  # clear error for missing / non-GGUF files
-        self.parallel = default_parallel(n_gpu_layers)
+        self._threads = threads or min(os.cpu_count() or 1, 8)
+        self.parallel = default_parallel(n_gpu_layers, self._threads)
         # Evaluation loads one adapter and scores it many times; a larger cache only holds memory
         # (~10 MB an adapter on SmolLM2's seven projections; 8 cost 58 MB).
         self.n_ctx, self.n_seq_max, self._cache_size = n_ctx, n_seq_max, adapter_cache
@@ -110,7 +118,6 @@ class LlamaEngine:
         self.set_parallel(self.parallel if parallel is None else parallel)
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
-        self._threads = threads or min(os.cpu_count() or 1, 8)
         # numpy releases the GIL, so log-sum-exps spread over threads: one thread's pass over
         # COPA's ~800 scored rows of 49k logits was 0.29 s of a 0.47 s H100 step.
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="prge-lse")
