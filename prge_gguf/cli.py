@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
-                         "(--threads, --n-gpu-layers, --device: as saved unless given; --steps N extends "
-                         "it to N steps)")
+                         "(--threads, --n-gpu-layers, --device, --parallel: as saved unless given; "
+                         "--steps N extends it to N steps)")
     tr.add_argument("--adapter", metavar="FILE|DIR",
                     help="start from this LoRA adapter (a GGUF file: a run's adapter.gguf or best.gguf, "
                          "one llama.cpp converted; or a PEFT folder) instead of a fresh one: its rank, "
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     tr.add_argument("--early-stop", type=int, metavar="N",
                     help="stop after N evaluations without a better held-out score (best.gguf: the best)")
+    tr.add_argument("--parallel", type=int, metavar="K",
+                    help="llama.cpp contexts that score a step's 2q perturbations at once, each with one "
+                         "adapter, from K threads; the CPU threads are shared out among them (default: "
+                         "8 with --n-gpu-layers; on the CPU one per 2 threads, at most 8)")
     tr.add_argument("--distributed", action="store_true",
                     help="one rank of a job started by 'torchrun --nproc_per_node N -m prge_gguf train "
                          "... --distributed': the ranks share each step's perturbations (needs torch)")
@@ -181,7 +185,7 @@ def _open_engine(args: argparse.Namespace):
     from prge_gguf.engine.llama import LlamaEngine
 
     return LlamaEngine(_model_path(args.model), n_ctx=n_ctx, threads=args.threads,
-                       n_gpu_layers=args.n_gpu_layers)
+                       n_gpu_layers=args.n_gpu_layers, parallel=getattr(args, "parallel", None))
 
 
 def _on_gpu(args: argparse.Namespace) -> bool:
@@ -242,7 +246,7 @@ _SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_
 _DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64,
              "engine": "llama", "device": "cpu"}
 # Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
-_MACHINE_KEYS = ("threads", "n_gpu_layers", "device")
+_MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
 _FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", *_MACHINE_KEYS)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from prge_gguf.threads import thread_map
+
 Tensors = Mapping[str, np.ndarray]
 # Losses at B + eps*z_i and B - eps*z_i for each direction in the list, in order.
 PairLoss = Callable[[Sequence[Tensors]], tuple[np.ndarray, np.ndarray]]
@@ -29,6 +31,15 @@ def direction(
     return {n: rng.standard_normal(shapes[n], dtype=np.float32) for n in sorted(shapes)}
 
 
+def directions(
+    shapes: Mapping[str, tuple[int, ...]], seed: int, step: int, q: int
+) -> list[dict[str, np.ndarray]]:
+    """z_0..z_{q-1} of `step`, drawn on threads at once: with the perturbations scored in
+    parallel, drawing them one after another would grow a step's time with q. Each z has its
+    own generator, so the values are `direction`'s."""
+    return thread_map(lambda i: direction(shapes, seed, step, i), range(q))
+
+
 def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: float) -> np.ndarray:
     """Central differences g_i = (L+_i - L-_i) / (2 eps), one per query."""
     return (np.asarray(loss_plus, np.float64) - np.asarray(loss_minus, np.float64)) / (2 * eps)
@@ -37,11 +48,17 @@ def projected_gradients(loss_plus: np.ndarray, loss_minus: np.ndarray, eps: floa
 def gradient_estimate(
     shapes: Mapping[str, tuple[int, ...]], grads: np.ndarray, seed: int, step: int
 ) -> dict[str, np.ndarray]:
-    """mean_i g_i z_i, with the z_i regenerated one at a time."""
+    """mean_i g_i z_i, with the z_i regenerated."""
+    return _weighted_mean(shapes, directions(shapes, seed, step, len(grads)), grads)
+
+
+def _weighted_mean(shapes: Mapping[str, tuple[int, ...]], zs: Sequence[Tensors], grads: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """mean_i g_i z_i, summed in query order."""
     total = {n: np.zeros(s, dtype=np.float32) for n, s in shapes.items()}
-    for i, g in enumerate(grads):
-        for n, z in direction(shapes, seed, step, i).items():
-            total[n] += np.float32(g / len(grads)) * z
+    for z, g in zip(zs, grads, strict=True):
+        for n in total:
+            total[n] += np.float32(g / len(grads)) * z[n]
     return total
 
 
@@ -65,14 +82,14 @@ def estimate_step(
     perturbed losses (the engine decides how to batch them).
     """
     shapes = {n: p.shape for n, p in params.items()}
-    scaled = [
-        {n: np.float32(eps) * z for n, z in direction(shapes, seed, step, i).items()}
-        for i in range(q)
-    ]
+    # The z are kept for the estimate, not drawn again: a step holds q of them and, while the
+    # engine scores, their q scaled copies (as many B-sized arrays as perturbed adapters).
+    zs = directions(shapes, seed, step, q)
+    scaled = thread_map(lambda z: {n: np.float32(eps) * arr for n, arr in z.items()}, zs)
     loss_plus, loss_minus = pair_loss(scaled)
-    del scaled  # the estimate regenerates each z: never more than one direction held besides
+    del scaled
     grads = projected_gradients(loss_plus, loss_minus, eps)
-    return gradient_estimate(shapes, grads, seed, step), loss_plus, loss_minus
+    return _weighted_mean(shapes, zs, grads), loss_plus, loss_minus
 
 
 def prge_step(

@@ -28,6 +28,7 @@ from prge_gguf.optim import (
 )
 from prge_gguf.prge import PairLoss, descend
 from prge_gguf.run_dir import RunDir
+from prge_gguf.threads import thread_map
 
 LOSSES = ("label", "vocab")
 SCHEDULES = ("constant", "linear")
@@ -164,8 +165,14 @@ def pair_loss_fn(
         # mis-applies two adapters on one weight: see bench/NOTES.md.)
         signed = [(dz, sign) for dz in scaled for sign in (1, -1)]
         mine = workers.mine(len(signed))
-        perturbed = [adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
-                     for dz, sign in (signed[k] for k in mine)]
+
+        def perturb(k: int) -> LoraAdapter:
+            dz, sign = signed[k]
+            return adapter.with_b({n: adapter.b[n] + np.float32(sign) * dz[n] for n in adapter.names})
+
+        # 2q copies of B one after another would grow a step's time with q when the engine
+        # scores the perturbations in parallel.
+        perturbed = thread_map(perturb, mine)
         means = np.zeros(len(signed))
         for k, results in zip(mine, engine.score_each(requests, perturbed), strict=True):
             means[k] = losses_of(batch, results, cfg.loss)[0].mean()

@@ -1,6 +1,8 @@
-"""GPU rows of the speed benchmarks (issue #5): the llama.cpp P-RGE step on CUDA against the
-same step on the CPU, and the torch engine's one batched forward of all 2q perturbations
-against 2q sequential forwards on CUDA (the paper's parallelism claim).
+"""GPU rows of the speed benchmarks (issues #5, #24): the llama.cpp P-RGE step on CUDA with the
+step's perturbations on K contexts at once (`--parallel`) against the former path (one context,
+an adapter file loaded per perturbation), at q = 1 and 4 and batch 16 and 64, on the 135M, 1.1B
+and 7B shapes; the same step on the machine's CPU split into K contexts x T threads; and the
+torch engine's one batched forward of all 2q perturbations against 2q sequential forwards.
 
 The models are random-weight GGUFs of real shapes (`scripts/synthetic_gguf.py`): speed only,
 never accuracy. Two commands, both from the repository root:
@@ -13,7 +15,7 @@ never accuracy. Two commands, both from the repository root:
     # carry-gpu/whl (else builds it for CUDA sm_90 from the carried sdist, ~160-200 s on 16
     # cores; --build forces that), then measures
     python3 scripts/bench_gpu.py --carry carry-gpu --out-dir $OUT --keep-torch bench/gpu.json \
-        --torch-presets '' --warmup 1 --min-steps 3 --max-s 6
+        --torch-presets '' --warmup 1 --min-steps 3 --max-s 0.8
 
 It prints a table and writes OUT_DIR/gpu.json and OUT_DIR/gpu.md (the card, CPU, threads,
 llama.cpp build and commit inside). A fresh build also leaves the installed package in
@@ -38,9 +40,12 @@ had no libstdc++.so.6 dependency at all; that alone did not stop the crash.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import ctypes
+import io
 import json
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -48,6 +53,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,51 +246,130 @@ def machine(carry: Path | None) -> dict:
 
 
 # -- llama.cpp: the P-RGE training step, CPU vs CUDA -------------------------------------------
-def llama_step_rows(model: Path, preset: str, backend: str, threads: int, qs: list[int], warmup: int,
-                    min_steps: int, max_s: float) -> list[dict]:
-    """Median wall time of the P-RGE step (train._step's work: the 2q perturbed losses on a
-    batch of 16 SST-2 examples through the engine, then the update) per q."""
+class OneAtATime:
+    """The engine's former path, for comparison: each perturbation written to a GGUF file, loaded
+    and set on the one evaluation context (llama.cpp re-reserving its scheduler), in turn."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def score_each(self, requests, adapters):
+        """`score` of each adapter in turn."""
+        return [self.engine.score(requests, [(a, 1.0)]) for a in adapters]
+
+
+def _gpu_mem_used_mib() -> float | None:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True).stdout if shutil.which("nvidia-smi") else ""
+    return float(out.split()[0]) if out.strip() else None
+
+
+def llama_step_rows(model: Path, preset: str, backend: str,
+                    variants: list[tuple[int, int, int, int | None]], warmup: int, min_steps: int,
+                    max_s: float, profile: set[tuple[int, int, int]]) -> list[dict]:
+    """Median wall time of the P-RGE step (train's work: the 2q perturbed losses on a batch of
+    SST-2 examples through the engine, then the update) for each variant (q, batch size, K
+    contexts, threads in all: None for the engine's default); K = 0 is `OneAtATime`. The
+    context is fitted to the batch as `train` fits it. Variants in `profile` (q, batch, K) also
+    print a profile of their host time."""
+    from prge_gguf.cli import CPU_MAX_N_CTX, GPU_MAX_N_CTX
+    from prge_gguf.data import decode_size
     from prge_gguf.engine.llama import LlamaEngine
-    from prge_gguf.lora import TARGETS, init_lora_fa
-    from prge_gguf.prge import prge_step
     from prge_gguf.tasks import builtin_task, tokenize
-    from prge_gguf.train import TrainConfig, batch_indices, lr_at, pair_loss_fn
 
     rows = []
-    t_load = time.perf_counter()
-    with LlamaEngine(model, n_gpu_layers=-1 if backend == "cuda" else 0, threads=threads) as engine:
-        load_s = time.perf_counter() - t_load
-        task = builtin_task("sst2")
-        train = [tokenize(engine, ex) for ex in task.examples(task.train_file)]
-        for q in qs:
-            cfg = TrainConfig(q=q, steps=1000)
-            adapter = init_lora_fa(engine.header, list(TARGETS), cfg.rank, cfg.alpha, seed=cfg.seed)
-            times, losses, tokens = [], [], []
-            for step in range(warmup + 1000):
-                batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, cfg.seed, step)]
-                t0 = time.perf_counter()
-                new_b, lp, lm = prge_step(adapter.b, pair_loss_fn(engine, adapter, batch, cfg), seed=cfg.seed,
-                                          step=step, q=q, eps=cfg.eps, lr=lr_at(cfg, step))
-                adapter = adapter.with_b(new_b)
-                dt = time.perf_counter() - t0
-                losses.append(float((lp.mean() + lm.mean()) / 2))
-                if step >= warmup:
-                    times.append(dt)
-                    tokens.append(2 * q * sum(ex.n_tokens for ex in batch))
-                if len(times) >= min_steps and sum(times) >= max_s:
-                    break
-            med = statistics.median(times)
-            row = {"model": preset, "type": _file_type(model), "backend": backend,
-                   "n_gpu_layers": -1 if backend == "cuda" else 0, "threads": threads, "q": q,
-                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                   "batch_size": cfg.batch_size, "steps_timed": len(times), "warmup": warmup,
-                   "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
-                   "tokens_per_step": statistics.mean(tokens), "tok_s": statistics.mean(tokens) / med,
-                   "loss_step1": losses[0], "load_s": load_s}
-            log(f"llama {preset} {backend:4} q={q}: {med:.3f} s/step (median of {len(times)}), "
-                f"{row['tok_s']:.0f} tok/s, loss@1 {losses[0]:.4f}")
-            rows.append(row)
+    for threads in dict.fromkeys(v[3] for v in variants):  # one model load per thread count
+        t_load = time.perf_counter()
+        with LlamaEngine(model, n_gpu_layers=-1 if backend == "cuda" else 0, threads=threads) as engine:
+            load_s = time.perf_counter() - t_load
+            task = builtin_task("sst2")
+            train = [tokenize(engine, ex) for ex in task.examples(task.train_file)]
+            for q, batch_size, k, _ in (v for v in variants if v[3] == threads):
+                engine.set_parallel(max(1, k))
+                engine.set_context(decode_size(train, [], batch_size, GPU_MAX_N_CTX if backend == "cuda"
+                                               else CPU_MAX_N_CTX))
+                rows.append(_step_row(engine, OneAtATime(engine) if k == 0 else engine, train, q, batch_size,
+                                      warmup, min_steps, max_s, (q, batch_size, k) in profile) | {
+                    "model": preset, "type": _file_type(model), "backend": backend,
+                    "n_gpu_layers": -1 if backend == "cuda" else 0, "parallel": k,
+                    "threads": engine.threads, "load_s": load_s,
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+                r = rows[-1]
+                log(f"llama {preset} {backend:4} q={q} batch={batch_size} K={k or 'seq'} "
+                    f"({engine.threads} threads): {r['step_s_median']:.4f} s/step (median of "
+                    f"{r['steps_timed']}; scoring {r['scoring_s_median']:.4f}), {r['perturbations_s']:.1f} "
+                    f"perturbations/s, parts {r['engine_parts_s']}, loss@1 {r['loss_step1']:.4f}")
     return rows
+
+
+def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int, min_steps: int,
+              max_s: float, profile: bool) -> dict:
+    """Time P-RGE steps of `engine` at q and this batch size, scoring through `scorer`: the
+    median step, the median time in scoring (the rest is Python: z, adapters, update) and the
+    engine's seconds per step in decode, adapter and logits (summed over contexts)."""
+    from prge_gguf.lora import TARGETS, init_lora_fa
+    from prge_gguf.prge import prge_step
+    from prge_gguf.train import TrainConfig, batch_indices, lr_at, pair_loss_fn
+
+    cfg = TrainConfig(q=q, batch_size=batch_size, steps=1000)
+    adapter = init_lora_fa(engine.header, list(TARGETS), cfg.rank, cfg.alpha, seed=cfg.seed)
+    times, scoring, losses, tokens, parts = [], [], [], [], []
+    for step in range(warmup + 1000):
+        batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, cfg.seed, step)]
+        pair_loss, in_scoring = pair_loss_fn(scorer, adapter, batch, cfg), []
+
+        def timed(scaled, pair_loss=pair_loss, in_scoring=in_scoring):
+            t = time.perf_counter()
+            out = pair_loss(scaled)
+            in_scoring.append(time.perf_counter() - t)
+            return out
+
+        before = Counter(engine.timings)
+        t0 = time.perf_counter()
+        new_b, lp, lm = prge_step(adapter.b, timed, seed=cfg.seed, step=step, q=q, eps=cfg.eps,
+                                  lr=lr_at(cfg, step))
+        adapter = adapter.with_b(new_b)
+        dt = time.perf_counter() - t0
+        losses.append(float((lp.mean() + lm.mean()) / 2))
+        if step >= warmup:
+            times.append(dt)
+            scoring.append(in_scoring[0])
+            tokens.append(2 * q * sum(ex.n_tokens for ex in batch))
+            parts.append(Counter(engine.timings) - before)
+        if len(times) >= min_steps and sum(times) >= max_s:
+            break
+    if profile:
+        # Where a step's host time goes: three more steps under cProfile, the top functions by
+        # their own time (threads other than the caller's are not profiled).
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [prge_step(adapter.b, pair_loss_fn(scorer, adapter, train[:batch_size], cfg),
+                                            seed=cfg.seed, step=s, q=q, eps=cfg.eps, lr=0.0)
+                                  for s in range(3)])
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
+        log(text.getvalue())
+    med = statistics.median(times)
+    return {"q": q, "batch_size": batch_size, "n_ctx": engine.n_ctx, "steps_timed": len(times),
+            "warmup": warmup, "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
+            "scoring_s_median": statistics.median(scoring),
+            "engine_parts_s": {key: statistics.median(p[key] for p in parts)
+                               for key in ("decode", "adapter", "logits")},
+            "perturbations_s": 2 * q / med, "tokens_per_step": statistics.mean(tokens),
+            "tok_s": statistics.mean(tokens) / med, "loss_step1": losses[0],
+            "gpu_mem_used_mib": _gpu_mem_used_mib()}
+
+
+def step_variants(backend: str, qs: list[int], batches: list[int], parallels: list[str],
+                  cpu_splits: list[tuple[int, int]]) -> list[tuple[int, int, int, int | None]]:
+    """(q, batch size, K, threads in all) to measure: on CUDA each K of `parallels` ("0": the
+    former path; "2q": one context a perturbation) up to 2q contexts, at the engine's default
+    threads; on the CPU each split K x T of its cores up to 2q contexts, and the former path on
+    the threads of the first split."""
+    if backend == "cuda":
+        ks = {q: list(dict.fromkeys(2 * q if k == "2q" else int(k) for k in parallels)) for q in qs}
+        return [(q, b, k, None) for b in batches for q in qs for k in ks[q] if k <= 2 * q]
+    splits = [(0, cpu_splits[0][0] * cpu_splits[0][1]), *((k, k * t) for k, t in cpu_splits)]
+    return [(q, b, k, threads) for b in batches for q in qs for k, threads in splits if k <= 2 * q]
 
 
 def _file_type(model: Path) -> str:
@@ -385,21 +470,42 @@ def tables(result: dict) -> str:
     lines = [f"GPU: {m.get('gpu') or 'none'}; CPU: {m['cpu']} ({m['cores']} cores); "
              f"llama-cpp-python {result.get('llama_cpp_python', '?')} "
              f"({result.get('llama_system_info', '').strip()}); torch {m['torch']} (CUDA {m['torch_cuda']}); "
-             f"commit {m['git_commit']}.",
+             f"commit {m.get('carry_commit') or m['git_commit']}.",
              "Models: random-weight GGUFs of real shapes (scripts/synthetic_gguf.py) - speed only, "
              "never accuracy.", ""]
-    steps = result["llama_steps"]
-    if steps:
-        lines += ["P-RGE training step, llama.cpp (batch 16 SST-2, r 8, all seven projections; "
-                  "median s/step):",
-                  "", "| model | type | q | CPU s/step (threads) | CUDA s/step (-ngl -1) | CPU / CUDA |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for (model, q), by in _group(steps, ("model", "q"), "backend").items():
-            cpu, cuda = by.get("cpu"), by.get("cuda")
-            ratio = f"{cpu['step_s_median'] / cuda['step_s_median']:.2f}x" if cpu and cuda else "-"
-            ftype = (cpu or cuda)["type"]
-            cpu_cell = f"{_cell(cpu)} ({cpu['threads']})" if cpu else "-"
-            lines.append(f"| {model} | {ftype} | {q} | {cpu_cell} | {_cell(cuda)} | {ratio} |")
+    cuda = [r for r in result["llama_steps"] if r["backend"] == "cuda"]
+    if cuda:
+        lines += ["P-RGE training step, llama.cpp with every layer on the GPU (SST-2 rows, r 8, all seven "
+                  "projections, context fitted to the batch as train fits it; median s/step). K: contexts "
+                  "scoring the step's 2q perturbations at once, each with a resident adapter overwritten "
+                  "in place; former: one context, each perturbation written to a GGUF file, loaded and "
+                  "set in turn (the engine's path before --parallel). Engine seconds are summed over "
+                  "contexts; the rest of a step is Python (z, perturbed B, update).",
+                  "", "| model | type | batch | q | K | s/step | perturbations/s | vs former | scoring s "
+                  "| decode / adapter / logits s | GPU MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        former = {(r["model"], r["batch_size"], r["q"]): r for r in cuda if r["parallel"] == 0}
+        for r in cuda:
+            base = former.get((r["model"], r["batch_size"], r["q"]))
+            parts = " / ".join(f"{r['engine_parts_s'][k]:.4f}" for k in ("decode", "adapter", "logits"))
+            lines.append(f"| {r['model']} | {r['type']} | {r['batch_size']} | {r['q']} | "
+                         f"{r['parallel'] or 'former'} | {r['step_s_median']:.4f} | "
+                         f"{r['perturbations_s']:.1f} | {_ratio(base, r)} | {r['scoring_s_median']:.4f} | "
+                         f"{parts} | {r['gpu_mem_used_mib'] or '-'} |")
+        lines += ["", *_targets(cuda), ""]
+    cpu = [r for r in result["llama_steps"] if r["backend"] == "cpu"]
+    if cpu:
+        lines += ["The same step on the GPU machine's CPU alone (CUDA_VISIBLE_DEVICES=''): K contexts x T "
+                  "threads each (former: one context of the first split's threads, adapter files):",
+                  "", "| model | type | batch | q | K x threads | s/step | perturbations/s | vs former |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        former = {(r["model"], r["batch_size"], r["q"]): r for r in cpu if r["parallel"] == 0}
+        for r in cpu:
+            k = r["parallel"]
+            split = f"{k} x {r['threads'] // k}" if k else f"former x {r['threads']}"
+            lines.append(f"| {r['model']} | {r['type']} | {r['batch_size']} | {r['q']} | {split} | "
+                         f"{r['step_s_median']:.4f} | {r['perturbations_s']:.1f} | "
+                         f"{_ratio(former.get((r['model'], r['batch_size'], r['q'])), r)} |")
         lines.append("")
     fw = result["torch_forwards"]
     if fw:
@@ -420,15 +526,31 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(row: dict | None) -> str:
-    return f"{row['step_s_median']:.3f}" if row else "-"
+def _ratio(base: dict | None, row: dict) -> str:
+    """How many times faster `row` steps than `base` ("-" without a base)."""
+    return f"{base['step_s_median'] / row['step_s_median']:.2f}x" if base else "-"
 
 
-def _group(rows: list[dict], keys: tuple[str, ...], by: str) -> dict:
-    out: dict = {}
+def _targets(rows: list[dict]) -> list[str]:
+    """Issue #24's targets, from the fastest K of each (model, batch, q) against the former path."""
+    best: dict = {}
     for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), {})[r[by]] = r
-    return out
+        key = (r["model"], r["batch_size"], r["q"], r["parallel"] == 0)
+        if key not in best or r["step_s_median"] < best[key]["step_s_median"]:
+            best[key] = r
+    lines = ["Targets (fastest K against the former path, same run):", ""]
+    for (model, batch, q, is_former), r in sorted(best.items()):
+        q1 = best.get((model, batch, 1, is_former))
+        if q > 1 and q1:
+            how = "former" if is_former else f"K = {r['parallel']}"
+            lines.append(f"- {model} batch {batch}, {how}: "
+                         f"q = {q} step / q = 1 step = {r['step_s_median'] / q1['step_s_median']:.2f}")
+        former = best.get((model, batch, q, True))
+        if not is_former and former:
+            lines.append(f"- {model} batch {batch} q = {q}: {r['perturbations_s']:.1f} perturbations/s at "
+                         f"K = {r['parallel']}, {_ratio(former, r)} the former path's "
+                         f"{former['perturbations_s']:.1f}")
+    return lines
 
 
 def main() -> None:
@@ -440,11 +562,23 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench", help="gpu.json, gpu.md (and wheel parts)")
     ap.add_argument("--vocab", type=Path, help="tokenizer source GGUF (default CARRY/vocab.gguf or the "
                                                "shipped model)")
-    ap.add_argument("--presets", default="smollm2-135m,smollm2-360m,tinyllama-1.1b")
+    ap.add_argument("--presets", default="smollm2-135m,tinyllama-1.1b,llama-7b:Q4_0",
+                    help="PRESET[:TYPE],...: CUDA rows (TYPE default --type)")
+    ap.add_argument("--cpu-presets", default="smollm2-135m", help="CPU rows (contexts x threads splits)")
     ap.add_argument("--type", default="Q4_1", help="llama.cpp rows' file type (default: the shipped Q4_1)")
     ap.add_argument("--llama-backends", default="cpu,cuda")
     ap.add_argument("--llama-q", default="1,4")
-    ap.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="default: all cores")
+    ap.add_argument("--batch-sizes", default="16,64", help="CUDA rows' batch sizes")
+    ap.add_argument("--cpu-batch-sizes", default="16")
+    ap.add_argument("--parallel", default="0,1,2q",
+                    help="CUDA rows' contexts K (0: the former path, one adapter file loaded at a time; "
+                         "2q: one context a perturbation)")
+    ap.add_argument("--profile", default="", metavar="Q,BATCH,K;...",
+                    help="CUDA rows of the first preset to profile (cProfile, printed) after timing")
+    ap.add_argument("--cpu-splits", default=f"1x{os.cpu_count()},2x{max(1, (os.cpu_count() or 2) // 2)},"
+                                            f"4x{max(1, (os.cpu_count() or 4) // 4)},"
+                                            f"8x{max(1, (os.cpu_count() or 8) // 8)}",
+                    help="CPU rows' contexts x threads each (default: splits of all cores)")
     ap.add_argument("--warmup", type=int, default=2, help="steps (or forwards) left out of the timing")
     ap.add_argument("--min-steps", type=int, default=5)
     ap.add_argument("--max-s", type=float, default=15.0, help="seconds of timed steps per row (at least "
@@ -500,14 +634,15 @@ def main() -> None:
         (args.out_dir / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out_dir / "gpu.md").write_text(tables(result) + "\n")
 
-    # Per shape, smallest first: llama.cpp CPU, llama.cpp CUDA, torch. Each runs in its own
-    # process: a crash loses one item, and no CUDA context outlives its measurement.
-    work = []
-    torch_presets = [p for p in args.torch_presets.split(",") if p]
-    for preset in args.presets.split(","):
-        work += [(f"llama:{preset}:{b}", "llama_steps") for b in backends]
-        if preset in torch_presets:
-            work.append((f"torch:{preset}", "torch_forwards"))
+    # llama.cpp CUDA per shape, smallest first, then the CPU splits, then torch. Each runs in its
+    # own process: a crash loses one item, and no CUDA context outlives its measurement.
+    def typed(preset: str) -> str:
+        return preset if ":" in preset else f"{preset}:{args.type}"
+
+    work = [(f"llama:{typed(p)}:{backend}", "llama_steps")
+            for backend, presets in (("cuda", args.presets), ("cpu", args.cpu_presets)) if backend in backends
+            for p in presets.split(",") if p]
+    work += [(f"torch:{p}", "torch_forwards") for p in args.torch_presets.split(",") if p]
     for item, key in work:
         elapsed = time.perf_counter() - t_start
         if elapsed > args.budget_s:
@@ -526,6 +661,10 @@ def main() -> None:
     result["wall_s"] = time.perf_counter() - t_start
     save()
     log(tables(result))
+
+
+def _ints(csv: str) -> list[int]:
+    return [int(x) for x in csv.split(",") if x]
 
 
 def _child(args: argparse.Namespace, item: str, env: dict, timeout: float) -> list | dict | str:
@@ -570,10 +709,17 @@ def run_item(args: argparse.Namespace) -> None:
                             "llama_gpu_offload": bool(ll.llama_supports_gpu_offload())}
         log(f"llama.cpp: {out}")
     elif kind == "llama":
-        preset, backend = rest
-        out = llama_step_rows(model(preset, args.type), preset, backend, args.cpu_threads,
-                              [int(q) for q in args.llama_q.split(",")], args.warmup, args.min_steps,
-                              args.max_s)
+        preset, ftype, backend = rest
+        qs = [int(q) for q in args.llama_q.split(",")]
+        if backend == "cuda":
+            variants = step_variants(backend, qs, _ints(args.batch_sizes), args.parallel.split(","), [])
+        else:
+            splits = [tuple(int(n) for n in split.split("x")) for split in args.cpu_splits.split(",")]
+            variants = step_variants(backend, qs, _ints(args.cpu_batch_sizes), [], splits)
+        profile = {tuple(_ints(v)) for v in args.profile.split(";") if v} if backend == "cuda" \
+            and preset == args.presets.split(",")[0].split(":")[0] else set()
+        out = llama_step_rows(model(preset, ftype), preset, backend, variants, args.warmup, args.min_steps,
+                              args.max_s, profile)
     else:
         # F16 file: transformers dequantizes to fp32 anyway, and it needs no llama.cpp.
         preset = rest[0]

@@ -16,9 +16,13 @@ Presets (all with SmolLM2's vocabulary and tied input/output embeddings):
 | smollm2-135m | 30 | 576 | 1536 | 9 / 3 | SmolLM2-135M (the default model) |
 | smollm2-360m | 32 | 960 | 2560 | 15 / 5 | SmolLM2-360M |
 | tinyllama-1.1b | 22 | 2048 | 5632 | 32 / 4 | TinyLlama-1.1B's body (its own vocab is 32000; ours 49152) |
+| llama-7b | 32 | 4096 | 11008 | 32 / 32 | Llama-2-7B's body (its own vocab is 32000; ours 49152) |
 
 The file is written as F16 (norms F32) and then quantized by llama.cpp itself
-(`llama_model_quantize`), so the tensor types are those `llama-quantize` would pick.
+(`llama_model_quantize`), so the tensor types are those `llama-quantize` would pick. Q4_0 is
+the exception: its blocks are written directly from random bytes, every 2-D tensor Q4_0 (the
+embedding too, where llama-quantize would pick Q6_K), so that a 7B file takes seconds rather
+than an F16 file of 13 GB and its quantization.
 
     python scripts/synthetic_gguf.py --preset smollm2-135m --type Q4_1 --out /tmp/s135.gguf
     python scripts/synthetic_gguf.py --export-vocab carry-gpu/vocab.gguf
@@ -65,7 +69,13 @@ PRESETS: dict[str, Shape] = {
     "smollm2-360m": Shape(n_layer=32, n_embd=960, n_ff=2560, n_head=15, n_head_kv=5),
     "tinyllama-1.1b": Shape(n_layer=22, n_embd=2048, n_ff=5632, n_head=32, n_head_kv=4,
                             rope_base=10000.0, n_ctx_train=2048),
+    "llama-7b": Shape(n_layer=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32,
+                      rope_base=10000.0, n_ctx_train=4096),
 }
+# Q4_0: 32 weights a block, stored as an f16 scale and 16 bytes of 4-bit values (ggml's block_q4_0).
+Q4_0_BLOCK, Q4_0_BYTES = 32, 18
+# The scale that gives Q4_0's uniform values in -8..7 a standard deviation of ~0.02, as F16's.
+Q4_0_SCALE = np.float16(0.02 / 4.6)
 
 # Output file types: llama.cpp's LLAMA_FTYPE_MOSTLY_* names (see llama.h).
 FTYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q5_1", "Q4_K_M", "Q6_K")
@@ -114,8 +124,9 @@ def export_vocab(out: Path, source: Path | None = None) -> Path:
     return out
 
 
-def write_f16(path: Path, preset: str, seed: int = 0, vocab_source: Path | None = None) -> Path:
-    """The unquantized random model: 2-D weights F16, norms F32."""
+def write_direct(path: Path, preset: str, seed: int = 0, vocab_source: Path | None = None,
+                 ftype: str = "F16") -> Path:
+    """The random model with every 2-D weight `ftype` (F16 or Q4_0) and norms F32."""
     shape = PRESETS[preset]
     fields = _vocab_fields(vocab_source or default_vocab_source())
     n_vocab = len(next(f for f in fields if f.name == "tokenizer.ggml.tokens").data)
@@ -132,7 +143,7 @@ def write_f16(path: Path, preset: str, seed: int = 0, vocab_source: Path | None 
     writer.add_layer_norm_rms_eps(shape.norm_eps)
     writer.add_rope_dimension_count(shape.head_dim)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{ftype}"])
     for field in fields:
         _copy_field(writer, field)
 
@@ -141,6 +152,13 @@ def write_f16(path: Path, preset: str, seed: int = 0, vocab_source: Path | None 
 
     def weight(name: str, rows: int, cols: int) -> None:
         # numpy shape (rows = outputs, cols = inputs), as convert_hf_to_gguf writes them.
+        if ftype == "Q4_0":
+            n_blocks = rows * cols // Q4_0_BLOCK
+            blocks = np.frombuffer(bytearray(rng.bytes(n_blocks * Q4_0_BYTES)), np.uint8)
+            blocks = blocks.reshape(n_blocks, Q4_0_BYTES)
+            blocks[:, :2] = np.frombuffer(Q4_0_SCALE.tobytes(), np.uint8)
+            writer.add_tensor(name, blocks.reshape(rows, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+            return
         w = rng.standard_normal((rows, cols), dtype=np.float32)
         w *= np.float32(0.02)
         writer.add_tensor(name, w.astype(np.float16))
@@ -199,10 +217,10 @@ def write_synthetic(path: Path, preset: str, ftype: str = "Q4_1", seed: int = 0,
         raise SystemExit(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ftype == "F16":
-        return write_f16(path, preset, seed, vocab_source)
+    if ftype in ("F16", "Q4_0"):
+        return write_direct(path, preset, seed, vocab_source, ftype)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synthetic-") as tmp:
-        f16 = write_f16(Path(tmp) / "f16.gguf", preset, seed, vocab_source)
+        f16 = write_direct(Path(tmp) / "f16.gguf", preset, seed, vocab_source)
         return quantize(f16, path, ftype, threads)
 
 
