@@ -29,9 +29,20 @@ HF_MODULES = {
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Where an architecture's Hugging Face modules differ: Phi-3 keeps q, k, v in one qkv_proj and
+# gate, up in one gate_up_proj, rows in the same order as llama.cpp's attn_qkv and ffn_up (its
+# converter copies them unchanged). Elsewhere a fused attn_qkv (--fuse-qkv) has no module.
+_HF_FUSED = {"phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
 _PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
-# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's.
-_PERMUTED = {"llama"}
+# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's:
+# those convert_hf_to_gguf writes through LlamaModel with undo_permute (conversion/llama.py,
+# granite.py).
+_PERMUTED = {"llama", "smollm3", "granite", "granitemoe"}
+
+
+def hf_modules(architecture: str) -> dict[str, str]:
+    """llama.cpp projection -> Hugging Face module path, for a model of `architecture`."""
+    return HF_MODULES | _HF_FUSED.get(architecture, {})
 
 
 def rope_rows_to_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
@@ -58,24 +69,26 @@ def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_he
 
 def peft_unnamed(adapter: LoraAdapter) -> list[str]:
     """The tensors of `adapter` that no PEFT module stands for (`to_peft` refuses them)."""
-    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in HF_MODULES)]
+    modules = hf_modules(adapter.architecture)
+    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in modules)]
 
 
 def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv: int,
             base_model: str = "") -> Path:
     """Write `adapter` as a PEFT LoRA folder; returns the folder."""
     out_dir = Path(out_dir)
+    hf = hf_modules(adapter.architecture)
     if unnamed := peft_unnamed(adapter):
-        raise PrgeError(f"{unnamed[0]}: no PEFT module for this tensor "
-                        f"(expected one of {', '.join(HF_MODULES)})")
+        raise PrgeError(f"{unnamed[0]}: no PEFT module for this tensor of a {adapter.architecture} model "
+                        f"(expected one of {', '.join(hf)})")
     tensors, modules, layers = {}, set(), set()
     for name in adapter.names:
         layer, target = TARGET_NAME.match(name).groups()
         b = lora_b_rows(adapter.b[name], target, adapter.architecture, n_head, n_head_kv, to_hf=True)
-        prefix = f"base_model.model.model.layers.{layer}.{HF_MODULES[target]}"
+        prefix = f"base_model.model.model.layers.{layer}.{hf[target]}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
-        modules.add(HF_MODULES[target].split(".")[-1])
+        modules.add(hf[target].split(".")[-1])
         layers.add(int(layer))
     config = {
         "base_model_name_or_path": base_model, "bias": "none", "fan_in_fan_out": False,
@@ -119,7 +132,7 @@ def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: in
         raise PrgeError(f"{folder}: pass the base model so that its architecture and head counts are known")
     if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("use_rslora"):
         raise PrgeError(f"{config_file}: only plain LoRA adapters convert (no DoRA / rsLoRA)")
-    back = {v: k for k, v in HF_MODULES.items()}
+    back = {v: k for k, v in hf_modules(arch).items()}
     a, b = {}, {}
     for key, value in load_file(str(weights)).items():
         m = _PEFT_KEY.match(key)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
+from prge_gguf.lora import DEFAULT_TARGETS, FUSED_TARGETS, TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
 # The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
     tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
-                    help=f"comma-separated projections of {','.join(TARGETS)} "
-                         f"(default: {','.join(DEFAULT_TARGETS)})")
+                    help=f"comma-separated projections of {','.join(TARGETS + FUSED_TARGETS)} "
+                         f"(default: {','.join(DEFAULT_TARGETS)}; attn_qkv where q, k, v are fused)")
     tr.add_argument("--num-layers", type=int,
                     help="put the adapter on the last N blocks only, as MLX-LM's --num-layers (default: all)")
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
@@ -265,6 +265,9 @@ def _check_base(adapter, header, path: str) -> None:
     """Refuse an adapter whose recorded base-model fingerprint is not this model's, or (adapters
     from elsewhere record none) whose tensors do not fit this model's weights."""
     base = base_fingerprint(header)
+    if adapter.architecture != header.architecture:
+        raise PrgeError(f"{path}: adapter is for a {adapter.architecture} model, this model is "
+                        f"{header.architecture}: an adapter for another model")
     if adapter.fingerprint and adapter.fingerprint != base:
         raise PrgeError(f"{path}: adapter was trained for another base model "
                         f"(fingerprint {adapter.fingerprint}, this model {base})")
@@ -316,7 +319,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
     from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import init_lora_fa, num_layers_of
+    from prge_gguf.lora import default_targets, init_lora_fa, num_layers_of
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
@@ -335,7 +338,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         header = read_header(_model_path(args.model))
         optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        tuned = architecture_defaults(header.architecture, optimizer)
+        tuned = architecture_defaults(header.architecture, optimizer) | {"targets": default_targets(header)}
         if _on_gpu(args) and optimizer in ZEROTH_ORDER:
             tuned["batch_size"] = GPU_ZO_BATCH
         adapter = _start_adapter(args.adapter, header, overrides) if args.adapter else None
@@ -343,7 +346,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets,
                           "num_layers": num_layers_of(adapter, header)}
         cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
-        RunDir.ensure_new(Path(args.out))  # fail before the model loads
+        # Fail before the model loads.
+        target_shapes(header, cfg.targets, cfg.num_layers)
+        RunDir.ensure_new(Path(args.out))
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
                         + " or ".join(ZEROTH_ORDER))
@@ -436,7 +441,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
+    from converters.peft import hf_modules
     from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import TARGET_NAME, default_targets, model_targets
 
     path = _model_path(args.model)
     h = read_header(path)
@@ -450,13 +457,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     types = Counter(t.type_name for t in h.tensors.values())
     print("tensor types:  " + ", ".join(f"{k} x{v}" for k, v in types.most_common()))
     print(f"fingerprint:   {base_fingerprint(h)}")
-    present = [t for t in TARGETS if any(f".{t}.weight" in n for n in h.tensors)]
+    present = model_targets(h)
+    if not present:
+        print(f"LoRA targets:  none (no block weight named {', '.join(TARGETS + FUSED_TARGETS)}): "
+              "prge-gguf cannot train this model")
+        return 0
     shapes = target_shapes(h, present)
-    print("LoRA targets (out x in, type, layers):")
+    print(f"LoRA targets (out x in, type, layers; default {','.join(default_targets(h))}):")
     for t in present:
         names = [n for n in shapes if f".{t}." in n]
         info = h.tensors[names[0]]
         print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
+    others = sorted({m.group(2) for n, info in h.tensors.items()
+                     if (m := TARGET_NAME.match(n)) and len(info.shape) > 1 and m.group(2) not in present})
+    if others:
+        print(f"not trained:   {', '.join(others)} (LoRA here adapts the 2-D projections above)")
+    modules = hf_modules(arch)
+    unnamed = [t for t in present if t not in modules]
+    print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module; GGUF adapter only)"
+                               if unnamed else "yes"))
     return 0
 
 

@@ -27,6 +27,11 @@ from prge_gguf.gguf_header import GGUFHeader
 
 # The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# Projections some architectures fuse into one weight: Phi-3 (and any GGUF converted with
+# --fuse-qkv) stacks q, k and v's rows in attn_qkv. llama.cpp adds B(A x) to the fused product
+# as to any weight, so a LoRA on it is one (A, B) pair. (Phi-3's fused gate and up rows keep the
+# name ffn_up, already a target.)
+FUSED_TARGETS = ("attn_qkv",)
 DEFAULT_TARGETS = ("attn_q", "attn_v")
 # A block weight's GGUF name: groups (layer, projection).
 TARGET_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
@@ -110,10 +115,29 @@ def num_layers_of(adapter: LoraAdapter, header: GGUFHeader) -> int:
     return len(used) if used and used != blocks and used == blocks[-len(used):] else 0
 
 
+def model_targets(header: GGUFHeader) -> list[str]:
+    """The projections of TARGETS and FUSED_TARGETS that `header`'s model holds as 2-D block
+    weights, in that order (3-D expert tensors and 1-D norms are not LoRA targets here)."""
+    present = {m.group(2) for name, info in header.tensors.items()
+               if (m := TARGET_NAME.match(name)) and len(info.shape) == 2}
+    return [t for t in (*TARGETS, *FUSED_TARGETS) if t in present]
+
+
+def default_targets(header: GGUFHeader) -> list[str]:
+    """DEFAULT_TARGETS (q and v); on a model whose q, k and v are fused, the fused weight."""
+    present = model_targets(header)
+    if all(t in present for t in DEFAULT_TARGETS) or "attn_qkv" not in present:
+        return list(DEFAULT_TARGETS)
+    return ["attn_qkv"]
+
+
 def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -> dict[str, tuple[int, int]]:
     """Map each targeted base weight name (of the last `num_layers` blocks; 0: of all) to its
-    (out, in) shape; reject unknown targets and more layers than the model has."""
-    present = {m.group(2) for name in header.tensors if (m := TARGET_NAME.match(name))}
+    (out, in) shape; reject targets the model lacks and more layers than the model has."""
+    present = model_targets(header)
+    if not present:
+        raise PrgeError(f"{header.path}: this {header.architecture} model has no weights LoRA can target "
+                        f"(none of {', '.join((*TARGETS, *FUSED_TARGETS))} in its blocks)")
     blocks = blocks_of(header.tensors)
     if num_layers > len(blocks):
         raise PrgeError(f"--num-layers: this {header.architecture} model has {len(blocks)} blocks, "
@@ -121,15 +145,15 @@ def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -
     kept = set(blocks[-num_layers:]) if num_layers else set(blocks)
     for target in targets:
         if target not in present:
-            known = ", ".join(t for t in TARGETS if t in present)
+            fused = "; its q, k and v are one weight, attn_qkv" if "attn_qkv" in present else ""
             raise PrgeError(
                 f"--targets: unknown target '{target}' for this {header.architecture} model "
-                f"(expected some of: {known})"
+                f"(expected some of: {', '.join(present)}{fused})"
             )
     shapes = {}
     for name, info in header.tensors.items():
         m = TARGET_NAME.match(name)
-        if m and m.group(2) in targets and int(m.group(1)) in kept and len(info.shape) == 2:
+        if m and m.group(2) in targets and int(m.group(1)) in kept:
             shapes[name] = (int(info.shape[0]), int(info.shape[1]))
     return dict(sorted(shapes.items()))
 

@@ -1,0 +1,121 @@
+"""The architecture compatibility table, from running tests/test_architectures.py.
+
+Each architecture's tiny random-weight model (prge_gguf.synthetic) goes through the checks that
+test module makes, one test per check and architecture (`test_<check>[<kind>]`); this script
+runs them under pytest, reads the outcome of each from a JUnit XML report, and writes
+bench/compat.json and bench/compat.md:
+
+| column | passes when |
+| --- | --- |
+| targets | what `prge-gguf info` lists (test_info_lists_targets) |
+| train | 3 P-RGE steps on every target run and write adapter.gguf (test_train_three_steps) |
+| GGUF adapter | llama-cpp-python's `Llama(lora_path=...)` gives the training engine's log-probs |
+| merged | `export --to merged` loads and scores as base + adapter |
+| PEFT | export to a PEFT folder and back is exact, or (no Hugging Face module) refused in one line |
+| torch parity | transformers (GGUF loader) + the adapter gives llama.cpp's log-probs |
+
+    python scripts/compat_table.py            # all architectures, ~1-2 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from converters.peft import hf_modules  # noqa: E402
+from prge_gguf.gguf_header import read_header  # noqa: E402
+from prge_gguf.lora import model_targets  # noqa: E402
+from prge_gguf.synthetic import ARCHS, write_tiny  # noqa: E402
+
+TESTS = "tests/test_architectures.py"
+# Column -> the test of each architecture that decides it.
+CHECKS = {
+    "train": "test_train_three_steps",
+    "GGUF adapter": "test_adapter_reloads_in_llama_cpp_python",
+    "merged": "test_merged_export_loads",
+    "PEFT": "test_peft_round_trip",
+    "torch parity": "test_torch_parity",
+}
+_CASE = re.compile(r"^(test_\w+)\[(.+)\]$")
+
+
+def outcomes(report: Path) -> dict[tuple[str, str], str]:
+    """{(test, kind): "pass" | "fail" | "skip: reason"} from a pytest JUnit XML report."""
+    result = {}
+    for case in ET.parse(report).iter("testcase"):
+        m = _CASE.match(case.get("name", ""))
+        if not m:
+            continue
+        skipped = case.find("skipped")
+        if skipped is not None:
+            result[m.groups()] = "skip: " + skipped.get("message", "").removeprefix("Skipped: ")
+        elif case.find("failure") is not None or case.find("error") is not None:
+            result[m.groups()] = "fail"
+        else:
+            result[m.groups()] = "pass"
+    return result
+
+
+def describe(kind: str, work: Path) -> dict[str, object]:
+    """What the table says of `kind` beyond pass/fail: its targets and whether PEFT names them."""
+    header = read_header(write_tiny(work / f"{kind}.gguf", kind))
+    targets = model_targets(header)
+    unnamed = [t for t in targets if t not in hf_modules(header.architecture)]
+    return {"kind": kind, "architecture": header.architecture, "targets": targets, "peft_unnamed": unnamed}
+
+
+def row(info: dict[str, object], results: dict[tuple[str, str], str]) -> dict[str, object]:
+    """One architecture's line: its description and each check's outcome."""
+    kind = info["kind"]
+    cells = {column: results.get((test, kind), "not run") for column, test in CHECKS.items()}
+    if info["peft_unnamed"] and cells["PEFT"] == "pass":
+        cells["PEFT"] = f"no module for {', '.join(info['peft_unnamed'])}: GGUF adapter only"
+    info_ok = results.get(("test_info_lists_targets", kind), "not run")
+    return {**info, "info": info_ok, **cells}
+
+
+def markdown(rows: list[dict[str, object]], command: str, machine: str) -> str:
+    """The table as Markdown, with the command and machine that made it."""
+    columns = ["targets", *CHECKS]
+    lines = [f"Made by `{command}` on {machine}. Tiny random-weight models (prge_gguf/synthetic.py):",
+             "plumbing and numerics, not accuracy.", "",
+             "| model | arch | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for r in rows:
+        targets = ", ".join(r["targets"]) + ("" if r["info"] == "pass" else f" (info: {r['info']})")
+        cells = [targets, *(str(r[c]) for c in CHECKS)]
+        lines.append(f"| {r['kind']} | {r['architecture']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run the checks, write the JSON and Markdown tables."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench", help="folder for compat.json and compat.md")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="compat-") as tmp:
+        report = Path(tmp) / "report.xml"
+        subprocess.run([sys.executable, "-m", "pytest", TESTS, "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={report}"], cwd=ROOT, check=False)
+        results = outcomes(report)
+        rows = [row(describe(kind, Path(tmp)), results) for kind in ARCHS]
+    machine = f"{platform.machine()} {platform.system()}, Python {platform.python_version()}"
+    command = "python scripts/compat_table.py"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compat.json").write_text(json.dumps(
+        {"command": command, "machine": machine, "rows": rows}, indent=2, sort_keys=True) + "\n")
+    (args.out / "compat.md").write_text(markdown(rows, command, machine))
+    print(markdown(rows, command, machine))
+
+
+if __name__ == "__main__":
+    main()
