@@ -14,14 +14,14 @@ shapes and metadata keys that llama.cpp's loader for it (src/models/<arch>.cpp) 
 | llama | Llama 3 style: GQA, rope_freqs.weight (rope scaling factors), q/k rows RoPE-permuted |
 | llama-fused-qkv | a llama converted with `--fuse-qkv`: one attn_qkv weight a block |
 | qwen2 | q/k/v biases |
-| qwen3 | per-head q/k RMS norms |
+| qwen3 | per-head q/k RMS norms, heads 128 wide (q is wider than the model) |
 | phi3 | fused attn_qkv (q, k, v rows stacked) and fused ffn_up (gate and up rows stacked) |
 | gemma2 | post-attention and post-FFN norms, sliding window, logit soft-capping |
 | gemma3 | gemma2's norms plus per-head q/k norms |
 | granite | logit/residual/embedding/attention scales |
 | olmo2 | no pre-norms, post-norms, q/k norms over all heads, untied output |
 | smollm3 | llama's tensors, no RoPE on every 4th layer |
-| qwen3moe | qwen3's attention, 4 experts (2 used) in 3-D expert tensors, a router |
+| qwen3moe | qwen3's attention, 4 experts (2 used, 768 wide) in 3-D expert tensors, a router |
 
 Benchmark presets (`write_synthetic`) copy a real tokenizer (SmolLM2's GPT-2 BPE, 49152 tokens)
 from a `vocab_source` GGUF, so that prompts tokenize as with the real model and the rows scored
@@ -88,6 +88,8 @@ class Arch:
     untied_output: bool = False  # an output.weight of its own
     rope_freqs: bool = False  # Llama 3's rope scaling as per-dimension frequency factors
     n_expert: int = 0  # > 0: a mixture of experts, 2 of them used a token
+    n_ff_expert: int = 0  # an expert's FFN width (0: the shape's n_ff)
+    head_dim: int = 0  # attention head width where it is not n_embd / n_head
     # Architecture-specific metadata, keys without the "<arch>." prefix.
     extra: dict[str, float | int] = field(default_factory=dict)
 
@@ -97,17 +99,23 @@ ARCHS: dict[str, Arch] = {
     # What `convert_hf_to_gguf.py --fuse-qkv` makes of a Llama: one attn_qkv a block.
     "llama-fused-qkv": Arch("llama", fused_qkv=True),
     "qwen2": Arch("qwen2", qkv_bias=True),
-    "qwen3": Arch("qwen3", qk_norm="head"),
+    # Qwen3's heads are 128 wide at every size (transformers' GGUF loader assumes so).
+    "qwen3": Arch("qwen3", qk_norm="head", head_dim=128),
     "phi3": Arch("phi3", fused_qkv=True, fused_gate_up=True),
-    "gemma2": Arch("gemma2", post_norms=True,
+    # Gemma's heads are 256 wide (2B, 270M, 1B): transformers' GGUF loader assumes the attention
+    # scale 1/sqrt(256) (query_pre_attn_scalar), llama.cpp takes 1/sqrt(head width).
+    "gemma2": Arch("gemma2", post_norms=True, head_dim=256,
                    extra={"attention.sliding_window": 512, "attn_logit_softcapping": 50.0,
                           "final_logit_softcapping": 30.0}),
-    "gemma3": Arch("gemma3", post_norms=True, qk_norm="head", extra={"attention.sliding_window": 512}),
+    "gemma3": Arch("gemma3", post_norms=True, qk_norm="head", head_dim=256,
+                   extra={"attention.sliding_window": 512}),
     "granite": Arch("granite", extra={"logit_scale": 8.0, "residual_scale": 0.22, "embedding_scale": 12.0,
                                       "attention.scale": 0.0625}),
     "olmo2": Arch("olmo2", pre_norms=False, post_norms=True, qk_norm="all", untied_output=True),
     "smollm3": Arch("smollm3"),
-    "qwen3moe": Arch("qwen3moe", qk_norm="head", n_expert=4, extra={"expert_used_count": 2}),
+    # Qwen3-30B-A3B's head and expert widths (transformers' GGUF loader assumes both).
+    "qwen3moe": Arch("qwen3moe", qk_norm="head", head_dim=128, n_expert=4, n_ff_expert=768,
+                     extra={"expert_used_count": 2}),
 }
 
 # Tiny: 2 blocks, GQA (4 query heads share 2 key/value heads), rows a multiple of Q8_0's 32.
@@ -172,6 +180,7 @@ def _add_tiny_tokenizer(writer: gguf.GGUFWriter) -> int:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_pad_token_id(tokens.index("<|endoftext|>"))  # transformers' default would be out of range
     writer.add_add_bos_token(False)
     writer.add_chat_template(_CHATML)
     return len(tokens)
@@ -243,12 +252,16 @@ def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
     writer.add_head_count_kv(shape.n_head_kv)
     writer.add_rope_freq_base(shape.rope_base)
     writer.add_layer_norm_rms_eps(shape.norm_eps)
-    writer.add_rope_dimension_count(shape.head_dim)
+    hd = arch.head_dim or shape.head_dim
+    writer.add_rope_dimension_count(hd)
+    writer.add_key_length(hd)
+    writer.add_value_length(hd)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    ff_expert = arch.n_ff_expert or shape.n_ff
     if arch.n_expert:
         writer.add_expert_count(arch.n_expert)
-        writer.add_expert_feed_forward_length(shape.n_ff)
+        writer.add_expert_feed_forward_length(ff_expert)
     for key, value in arch.extra.items():
         add = writer.add_uint32 if isinstance(value, int) else writer.add_float32
         add(f"{arch.name}.{key}", value)
@@ -264,7 +277,7 @@ def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
     def norm(name: str, n: int) -> None:
         writer.add_tensor(name, np.ones(n, dtype=np.float32))
 
-    d, hd, ff = shape.n_embd, shape.head_dim, shape.n_ff
+    d, ff = shape.n_embd, shape.n_ff
     q, kv = shape.n_head * hd, shape.n_head_kv * hd
     weight("token_embd.weight", n_vocab, d)
     norm("output_norm.weight", d)
@@ -294,9 +307,9 @@ def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
         weight(p + "attn_output.weight", d, q)
         if arch.n_expert:
             weight(p + "ffn_gate_inp.weight", arch.n_expert, d, dtype=np.float32)
-            weight(p + "ffn_gate_exps.weight", arch.n_expert, ff, d)
-            weight(p + "ffn_up_exps.weight", arch.n_expert, ff, d)
-            weight(p + "ffn_down_exps.weight", arch.n_expert, d, ff)
+            weight(p + "ffn_gate_exps.weight", arch.n_expert, ff_expert, d)
+            weight(p + "ffn_up_exps.weight", arch.n_expert, ff_expert, d)
+            weight(p + "ffn_down_exps.weight", arch.n_expert, d, ff_expert)
         elif arch.fused_gate_up:
             weight(p + "ffn_up.weight", 2 * ff, d)
             weight(p + "ffn_down.weight", d, ff)
