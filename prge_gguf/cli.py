@@ -319,7 +319,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
     from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import default_targets, init_lora_fa, num_layers_of
+    from prge_gguf.lora import default_targets, init_lora_fa, num_layers_of, untargeted
     from prge_gguf.run_dir import RunDir
     from prge_gguf.train import TrainConfig, config_record, evaluate, train
 
@@ -364,6 +364,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
         elif args.resume:
             _check_base(adapter, engine.header, args.resume)
+        if others := untargeted(engine.header):
+            say(f"note: {', '.join(others)} are not trained (the adapter covers "
+                f"{', '.join(adapter.targets)})", file=sys.stderr)
         if unnamed := peft_unnamed(adapter):
             more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
             say(f"warning: no PEFT module for {unnamed[0]}{more}: this run writes adapter.gguf only, "
@@ -443,7 +446,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
     from converters.peft import hf_modules
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import TARGET_NAME, default_targets, model_targets
+    from prge_gguf.lora import default_targets, model_targets, untargeted
 
     path = _model_path(args.model)
     h = read_header(path)
@@ -468,9 +471,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         names = [n for n in shapes if f".{t}." in n]
         info = h.tensors[names[0]]
         print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
-    others = sorted({m.group(2) for n, info in h.tensors.items()
-                     if (m := TARGET_NAME.match(n)) and len(info.shape) > 1 and m.group(2) not in present})
-    if others:
+    if others := untargeted(h):
         print(f"not trained:   {', '.join(others)} (LoRA here adapts the 2-D projections above)")
     modules = hf_modules(arch)
     unnamed = [t for t in present if t not in modules]

@@ -123,6 +123,14 @@ def model_targets(header: GGUFHeader) -> list[str]:
     return [t for t in (*TARGETS, *FUSED_TARGETS) if t in present]
 
 
+def untargeted(header: GGUFHeader) -> list[str]:
+    """The block weights (2-D and more) that no target names, by projection: a mixture of
+    experts' router and 3-D expert tensors, e.g., which llama.cpp could adapt but this tool does not."""
+    present = model_targets(header)
+    return sorted({m.group(2) for name, info in header.tensors.items()
+                   if (m := TARGET_NAME.match(name)) and len(info.shape) > 1 and m.group(2) not in present})
+
+
 def default_targets(header: GGUFHeader) -> list[str]:
     """DEFAULT_TARGETS (q and v); on a model whose q, k and v are fused, the fused weight."""
     present = model_targets(header)

@@ -4,7 +4,7 @@ llama-architecture ones of real shapes for speed benchmarks.
 The weights are random (normal, std 0.02; norms 1), so these files measure time, memory and
 correctness of plumbing, never accuracy: every file says so in `general.description`.
 
-Tiny models (`write_tiny`, about 100 KB) carry their own byte-level BPE tokenizer (every byte a
+Tiny models (`write_tiny`, 0.1-1.5 MB) carry their own byte-level BPE tokenizer (every byte a
 token, a few merges, ChatML special tokens and template), so that any text tokenizes and
 llama.cpp and transformers both read it. Each architecture of `ARCHS` has the tensor names,
 shapes and metadata keys that llama.cpp's loader for it (src/models/<arch>.cpp) asks for:

@@ -1,7 +1,9 @@
 """Every architecture of prge_gguf.synthetic, on a tiny random-weight model made at test time:
 `info` lists its targets, 3 training steps run, the adapter reloads in llama-cpp-python's own
 `Llama(lora_path=...)` with the training engine's log-probs, the merged model loads and scores
-like base + adapter, and PEFT export round-trips where PEFT can name the modules.
+like base + adapter, PEFT export round-trips where PEFT can name the modules (and says in one
+line where it cannot), and the torch engine agrees where transformers loads the architecture.
+Then bad input: one clear line, exit 2, nothing written.
 
 Each check is its own test, `test_<check>[<kind>]`: scripts/compat_table.py turns their
 outcomes into the compatibility table.
@@ -134,6 +136,9 @@ def test_train_three_steps(work, kind):
     assert any(np.any(b != 0) for b in adapter.b.values())  # the steps moved B
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 3
+    if ARCHS[kind].n_expert:
+        assert ("note: ffn_down_exps, ffn_gate_exps, ffn_gate_inp, ffn_up_exps are not trained (the adapter "
+                "covers attn_k, attn_output, attn_q, attn_v)") in err
     if kind in NO_PEFT:
         assert ("warning: no PEFT module for blk.0.attn_qkv.weight (and 1 more): this run writes "
                 "adapter.gguf only") in err
