@@ -8,6 +8,7 @@ bench/compat.json and bench/compat.md:
 | column | passes when |
 | --- | --- |
 | targets | what `prge-gguf info` lists (test_info_lists_targets) |
+| not trained | block weights no target covers (a mixture of experts' router and experts) |
 | train | 3 P-RGE steps on every target run and write adapter.gguf (test_train_three_steps) |
 | GGUF adapter | llama-cpp-python's `Llama(lora_path=...)` gives the training engine's log-probs |
 | merged | `export --to merged` loads and scores as base + adapter |
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from converters.peft import hf_modules  # noqa: E402
 from prge_gguf.gguf_header import read_header  # noqa: E402
-from prge_gguf.lora import model_targets  # noqa: E402
+from prge_gguf.lora import model_targets, untargeted  # noqa: E402
 from prge_gguf.synthetic import ARCHS, write_tiny  # noqa: E402
 
 TESTS = "tests/test_architectures.py"
@@ -46,6 +49,8 @@ CHECKS = {
     "PEFT": "test_peft_round_trip",
     "torch parity": "test_torch_parity",
 }
+# The versions the outcomes depend on: llama.cpp (vendored), transformers' GGUF loader, PEFT.
+PACKAGES = ("llama-cpp-python", "transformers", "peft")
 _CASE = re.compile(r"^(test_\w+)\[(.+)\]$")
 
 
@@ -71,7 +76,8 @@ def describe(kind: str, work: Path) -> dict[str, object]:
     header = read_header(write_tiny(work / f"{kind}.gguf", kind))
     targets = model_targets(header)
     unnamed = [t for t in targets if t not in hf_modules(header.architecture)]
-    return {"kind": kind, "architecture": header.architecture, "targets": targets, "peft_unnamed": unnamed}
+    return {"kind": kind, "architecture": header.architecture, "targets": targets,
+            "not_trained": untargeted(header), "peft_unnamed": unnamed}
 
 
 def row(info: dict[str, object], results: dict[tuple[str, str], str]) -> dict[str, object]:
@@ -86,13 +92,13 @@ def row(info: dict[str, object], results: dict[tuple[str, str], str]) -> dict[st
 
 def markdown(rows: list[dict[str, object]], command: str, machine: str) -> str:
     """The table as Markdown, with the command and machine that made it."""
-    columns = ["targets", *CHECKS]
+    columns = ["targets", "not trained", *CHECKS]
     lines = [f"Made by `{command}` on {machine}. Tiny random-weight models (prge_gguf/synthetic.py):",
              "plumbing and numerics, not accuracy.", "",
              "| model | arch | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for r in rows:
         targets = ", ".join(r["targets"]) + ("" if r["info"] == "pass" else f" (info: {r['info']})")
-        cells = [targets, *(str(r[c]) for c in CHECKS)]
+        cells = [targets, ", ".join(r["not_trained"]) or "-", *(str(r[c]) for c in CHECKS)]
         lines.append(f"| {r['kind']} | {r['architecture']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -108,7 +114,8 @@ def main() -> None:
                         f"--junitxml={report}"], cwd=ROOT, check=False)
         results = outcomes(report)
         rows = [row(describe(kind, Path(tmp)), results) for kind in ARCHS]
-    machine = f"{platform.machine()} {platform.system()}, Python {platform.python_version()}"
+    machine = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python "
+               f"{platform.python_version()}, " + ", ".join(f"{p} {version(p)}" for p in PACKAGES))
     command = "python scripts/compat_table.py"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compat.json").write_text(json.dumps(
