@@ -120,6 +120,8 @@ ARCHS: dict[str, Arch] = {
 
 # Tiny: 2 blocks, GQA (4 query heads share 2 key/value heads), rows a multiple of Q8_0's 32.
 TINY = Shape(n_layer=2, n_embd=64, n_ff=128, n_head=4, n_head_kv=2, n_ctx_train=2048)
+# Rows a multiple of the K-quants' and IQ4_XS's 256: narrower rows llama-quantize gives other types.
+TINY_K = Shape(n_layer=2, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_ctx_train=2048)
 
 PRESETS: dict[str, Shape] = {
     # Same numbers as the shipped model's header (llama.* keys).
@@ -130,7 +132,7 @@ PRESETS: dict[str, Shape] = {
 }
 
 # Output file types: llama.cpp's LLAMA_FTYPE_MOSTLY_* names (see llama.h).
-FTYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q5_1", "Q4_K_M", "Q6_K")
+FTYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_XS")
 
 # The tiny tokenizer's merges: these words become single tokens ("Ġ" is GPT-2's space).
 _WORDS = ("Ġthe", "Ġa", "Ġis", "Ġit", "Ġwas", "ĠIt", "Ġgreat", "Ġterrible", "Ġgood", "Ġbad",
@@ -352,13 +354,13 @@ def _write(path: Path, ftype: str, threads: int | None, write_f16: Callable[[Pat
 
 
 def write_tiny(path: str | Path, kind: str, ftype: str = "Q8_0", seed: int = 0,
-               threads: int | None = 1) -> Path:
-    """Write a tiny random-weight model of `kind` (a key of ARCHS) at `path`, quantized to `ftype`.
-    Same seed, same file."""
+               threads: int | None = 1, shape: Shape = TINY) -> Path:
+    """Write a tiny random-weight model of `kind` (a key of ARCHS) at `path`, quantized to `ftype`
+    (`shape`: TINY, or TINY_K for the 256-wide rows of K-quants). Same seed, same file."""
     if kind not in ARCHS:
         raise PrgeError(f"tiny model '{kind}': expected one of {', '.join(ARCHS)}")
     return _write(Path(path), ftype, threads, lambda p: _write_f16(
-        p, f"tiny-{kind}", ARCHS[kind], TINY, seed, _add_tiny_tokenizer))
+        p, f"tiny-{kind}", ARCHS[kind], shape, seed, _add_tiny_tokenizer))
 
 
 def write_synthetic(path: str | Path, preset: str, ftype: str = "Q4_1", seed: int = 0,
