@@ -288,7 +288,8 @@ def _read_adapter(path: str, header):
 
     if Path(path).is_dir():
         n_head, n_head_kv = header.head_counts
-        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv)
+        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv,
+                            fused_qkv=any(n.endswith(".attn_qkv.weight") for n in header.tensors))
     else:
         adapter = read_gguf(path)
     _check_base(adapter, header, path)
@@ -473,10 +474,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
     if others := untargeted(h):
         print(f"not trained:   {', '.join(others)} (LoRA here adapts the 2-D projections above)")
-    modules = hf_modules(arch)
-    unnamed = [t for t in present if t not in modules]
-    print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module; GGUF adapter only)"
-                               if unnamed else "yes"))
+    split = "attn_qkv" in present and "attn_qkv" not in hf_modules(arch)
+    print("PEFT export:   yes" + (" (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split))
     return 0
 
 

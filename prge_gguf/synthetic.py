@@ -96,8 +96,9 @@ class Arch:
 
 ARCHS: dict[str, Arch] = {
     "llama": Arch("llama", rope_freqs=True),
-    # What `convert_hf_to_gguf.py --fuse-qkv` makes of a Llama: one attn_qkv a block.
-    "llama-fused-qkv": Arch("llama", fused_qkv=True),
+    # What `convert_hf_to_gguf.py --fuse-qkv` makes of a Llama: one attn_qkv a block. Drawn from
+    # the same random stream, its weights are those of "llama", q, k and v rows stacked.
+    "llama-fused-qkv": Arch("llama", fused_qkv=True, rope_freqs=True),
     "qwen2": Arch("qwen2", qkv_bias=True),
     # Qwen3's heads are 128 wide at every size (transformers' GGUF loader assumes so).
     "qwen3": Arch("qwen3", qk_norm="head", head_dim=128),

@@ -21,6 +21,7 @@ import pytest
 
 from prge_gguf.cli import main
 from prge_gguf.engine import ScoreRequest
+from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import TARGETS, LoraAdapter, read_gguf, write_gguf
 from prge_gguf.synthetic import ARCHS, write_tiny
@@ -34,8 +35,9 @@ EXPECTED_TARGETS = {
     "llama-fused-qkv": ["attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_qkv"],
     "qwen3moe": ["attn_q", "attn_k", "attn_v", "attn_output"],  # experts are 3-D: not targets
 }
-# Kinds whose adapters PEFT cannot name: Llama has no Hugging Face module for a fused attn_qkv.
-NO_PEFT = {"llama-fused-qkv"}
+# Kinds whose GGUF fuses q, k, v where the Hugging Face model does not: PEFT gets three LoRAs
+# that share A.
+SPLIT_QKV = {"llama-fused-qkv"}
 TEXT = "It was a great movie and the plot is not bad."
 ROWS = [("a great movie", 1), ("the plot is bad", 0), ("fun and good", 1), ("a terrible film", 0)] * 2
 
@@ -121,8 +123,8 @@ def test_info_lists_targets(work, kind):
     listed = [line.split()[0] for line in lines[start + 1:] if line.startswith("  ")]
     assert listed == targets_of(kind)
     assert f"architecture:  {ARCHS[kind].name} " in out
-    peft_line = next(line for line in lines if line.startswith("PEFT export:"))
-    assert ("no Hugging Face module" in peft_line) == (kind in NO_PEFT)
+    split = " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" if kind in SPLIT_QKV else ""
+    assert f"PEFT export:   yes{split}\n" in out
     if ARCHS[kind].n_expert:
         assert "not trained:   ffn_down_exps, ffn_gate_exps, ffn_gate_inp, ffn_up_exps" in out
 
@@ -139,12 +141,8 @@ def test_train_three_steps(work, kind):
     if ARCHS[kind].n_expert:
         assert ("note: ffn_down_exps, ffn_gate_exps, ffn_gate_inp, ffn_up_exps are not trained (the adapter "
                 "covers attn_k, attn_output, attn_q, attn_v)") in err
-    if kind in NO_PEFT:
-        assert ("warning: no PEFT module for blk.0.attn_qkv.weight (and 1 more): this run writes "
-                "adapter.gguf only") in err
-        assert not (folder / "peft").exists()
-    else:
-        assert (folder / "peft" / "adapter_model.safetensors").is_file()
+    assert "warning: no PEFT module" not in err
+    assert (folder / "peft" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -194,13 +192,6 @@ def test_peft_round_trip(work, kind, tmp_path):
     src = folder / "adapter.gguf"
     peft, back = tmp_path / "peft", tmp_path / "back.gguf"
     code, _, err = cli("export", src, "--model", model(work, kind), "--to", "peft", "--out", peft)
-    if kind in NO_PEFT:
-        assert code == 2
-        assert err.strip() == ("error: blk.0.attn_qkv.weight: no PEFT module for this tensor of a llama "
-                               "model (expected one of attn_q, attn_k, attn_v, attn_output, ffn_gate, "
-                               "ffn_up, ffn_down)")
-        assert not peft.exists()
-        return
     assert code == 0, err
     assert cli("export", peft, "--model", model(work, kind), "--to", "gguf", "--out", back)[0] == 0
     original, again = read_gguf(src), read_gguf(back)
@@ -208,7 +199,39 @@ def test_peft_round_trip(work, kind, tmp_path):
     for n in original.names:
         np.testing.assert_array_equal(again.a[n], original.a[n])
         np.testing.assert_array_equal(again.b[n], original.b[n])
+    if kind in SPLIT_QKV:  # out as three LoRAs sharing A, B's rows un-permuted for q and k
+        from safetensors.numpy import load_file
 
+        raw = load_file(str(peft / "adapter_model.safetensors"))
+        prefix = "base_model.model.model.layers.0.self_attn"
+        assert not any("qkv" in key for key in raw)
+        shared = raw[f"{prefix}.q_proj.lora_A.weight"]
+        for proj in ("k_proj", "v_proj"):
+            np.testing.assert_array_equal(raw[f"{prefix}.{proj}.lora_A.weight"], shared)
+        fused = original.b["blk.0.attn_qkv.weight"]
+        np.testing.assert_array_equal(raw[f"{prefix}.v_proj.lora_B.weight"], fused[-32:])
+        assert not np.array_equal(raw[f"{prefix}.q_proj.lora_B.weight"], fused[:64])
+
+
+def test_fused_qkv_goes_to_peft_as_an_exact_split(work, tmp_path):
+    """A fused attn_qkv adapter, exported to PEFT (q, k, v sharing A) and read back for the
+    unfused twin model (the same weights, q, k, v apart), scores as the fused one does."""
+    from converters.peft import from_peft, to_peft_for
+    from prge_gguf.engine.llama import LlamaEngine
+
+    fused = boosted(read_gguf(run(work, "llama-fused-qkv")[0] / "adapter.gguf"))
+    to_peft_for(fused, tmp_path / "peft", read_header(model(work, "llama-fused-qkv")))
+    split = from_peft(tmp_path / "peft")
+    assert split.targets == sorted(TARGETS)
+    scores = []
+    for kind, adapter in (("llama-fused-qkv", fused), ("llama", split)):
+        with LlamaEngine(model(work, kind), n_ctx=128, threads=1) as engine:
+            tokens = engine.tokenize(TEXT, add_special=True)
+            scores.append([engine_logprobs(engine, tokens, a) for a in (None, adapter)])
+    (base_fused, ours_fused), (base_twin, ours_twin) = scores
+    np.testing.assert_allclose(base_twin, base_fused, atol=1e-5)  # twins indeed
+    np.testing.assert_allclose(ours_twin, ours_fused, atol=1e-5)
+    assert np.abs(ours_fused - base_fused).max() > 100 * 1e-5
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_torch_parity(work, kind):
@@ -217,8 +240,6 @@ def test_torch_parity(work, kind):
     from prge_gguf.engine.llama import LlamaEngine
     from prge_gguf.engine.torch_engine import TorchEngine
 
-    if kind in NO_PEFT:
-        pytest.skip("no Hugging Face module for a fused attn_qkv")
     adapter = boosted(read_gguf(run(work, kind)[0] / "adapter.gguf"))
     with LlamaEngine(model(work, kind), n_ctx=128, threads=1) as engine:
         tokens = engine.tokenize(TEXT, add_special=True)
@@ -227,6 +248,8 @@ def test_torch_parity(work, kind):
         torch_engine = TorchEngine(model(work, kind), threads=1)
     except ValueError as exc:  # "GGUF model with architecture X is not supported yet."
         pytest.skip(f"transformers cannot load it: {exc}")
+    except PrgeError as exc:  # the engine's own refusal (a fused attn_qkv transformers would drop)
+        pytest.skip(str(exc).split(": ", 1)[1])
     with torch_engine:
         theirs = engine_logprobs(torch_engine, tokens, adapter)
     # Q8_0 weights dequantized (torch) vs. Q8_0 dot products on Q8-quantized activations
@@ -323,3 +346,17 @@ def test_bad_adapter_of_another_size(work, tmp_path, model_path):
         code, _, err = cli("export", adapter, "--model", model_path, "--to", "merged", "--out", merged)
         assert code == 2 and err.strip().startswith(f"error: {adapter}: {expected}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["anonymous.gguf"]
+
+
+def test_bad_peft_adapter_for_a_fused_qkv_model(work, tmp_path):
+    # A PEFT adapter made elsewhere has its own lora_A per q, k, v: no single attn_qkv LoRA equals it.
+    separate = run(work, "llama")[0] / "peft"
+    out = tmp_path / "fused.gguf"
+    fused = model(work, "llama-fused-qkv")
+    code, _, err = cli("export", separate, "--model", fused, "--to", "gguf", "--out", out)
+    assert code == 2
+    weights = separate / "adapter_model.safetensors"
+    assert err.strip() == (f"error: {weights}: block 0: this model fuses q, k and v into one attn_qkv, "
+                           "which takes q_proj, k_proj and v_proj LoRAs only with one shared lora_A "
+                           "(as 'prge-gguf export' writes them)")
+    assert not out.exists()

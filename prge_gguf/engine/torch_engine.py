@@ -68,6 +68,12 @@ class TorchEngine:
 
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)
+        arch = self.header.architecture
+        fused = any(n.endswith(".attn_qkv.weight") for n in self.header.tensors)
+        if fused and "attn_qkv" not in hf_modules(arch):
+            # transformers' GGUF loader skips the tensor and leaves q, k, v randomly initialised.
+            raise PrgeError(f"{self.model_path}: transformers cannot read the fused attn_qkv of a "
+                            f"{arch} model (use --engine llama)")
         self.n_ctx, self.device, self._batch_tokens = n_ctx, torch.device(device), batch_tokens
         if threads:
             torch.set_num_threads(threads)
