@@ -72,9 +72,15 @@ def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_he
     return (rope_rows_to_hf if to_hf else rope_rows_to_gguf)(b, heads)
 
 
+def peft_targets(architecture: str) -> set[str]:
+    """The projections a PEFT folder can hold for a model of `architecture` (attn_qkv always: as
+    q, k, v where Hugging Face has no fused module)."""
+    return {*hf_modules(architecture), "attn_qkv"}
+
+
 def peft_unnamed(adapter: LoraAdapter) -> list[str]:
     """The tensors of `adapter` that no PEFT module stands for (`to_peft` refuses them)."""
-    modules = {*hf_modules(adapter.architecture), "attn_qkv"}  # attn_qkv: as q, k, v if need be
+    modules = peft_targets(adapter.architecture)
     return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in modules)]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import DEFAULT_TARGETS, FUSED_TARGETS, TARGETS, base_fingerprint, target_shapes
+from prge_gguf.lora import ALL_TARGETS, DEFAULT_TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
 # The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
     tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
-                    help=f"comma-separated projections of {','.join(TARGETS + FUSED_TARGETS)} "
+                    help=f"comma-separated projections of {','.join(ALL_TARGETS)} "
                          f"(default: {','.join(DEFAULT_TARGETS)}; attn_qkv where q, k, v are fused)")
     tr.add_argument("--num-layers", type=int,
                     help="put the adapter on the last N blocks only, as MLX-LM's --num-layers (default: all)")
@@ -273,7 +273,8 @@ def _check_base(adapter, header, path: str) -> None:
                         f"(fingerprint {adapter.fingerprint}, this model {base})")
     for name in adapter.names:
         info = header.tensors.get(name)
-        needs = (adapter.b[name].shape[0], adapter.a[name].shape[1])  # (out, in), as the header's shape
+        # (out, in) or (experts, out, in), as the header's shape
+        needs = (*adapter.b[name].shape[:-1], adapter.a[name].shape[-1])
         if info is None or tuple(info.shape) != needs:
             has = f"shape {tuple(info.shape)}" if info else "no such weight"
             raise PrgeError(f"{path}: adapter tensor {name} needs a weight of shape {needs}, this model "
@@ -366,8 +367,8 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         elif args.resume:
             _check_base(adapter, engine.header, args.resume)
         if others := untargeted(engine.header):
-            say(f"note: {', '.join(others)} are not trained (the adapter covers "
-                f"{', '.join(adapter.targets)})", file=sys.stderr)
+            say(f"note: the adapter covers {', '.join(adapter.targets)}; not {', '.join(others)}",
+                file=sys.stderr)
         if unnamed := peft_unnamed(adapter):
             more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
             say(f"warning: no PEFT module for {unnamed[0]}{more}: this run writes adapter.gguf only, "
@@ -445,7 +446,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
-    from converters.peft import hf_modules
+    from converters.peft import hf_modules, peft_targets
     from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import default_targets, model_targets, untargeted
 
@@ -463,7 +464,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"fingerprint:   {base_fingerprint(h)}")
     present = model_targets(h)
     if not present:
-        print(f"LoRA targets:  none (no block weight named {', '.join(TARGETS + FUSED_TARGETS)}): "
+        print(f"LoRA targets:  none (no block weight named {', '.join(ALL_TARGETS)}): "
               "prge-gguf cannot train this model")
         return 0
     shapes = target_shapes(h, present)
@@ -471,11 +472,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     for t in present:
         names = [n for n in shapes if f".{t}." in n]
         info = h.tensors[names[0]]
-        print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
+        rows = "x".join(map(str, info.shape[:-1]))  # experts x out, for expert weights
+        print(f"  {t:<13} {rows:>8} x {info.shape[-1]:<6} {info.type_name:<6} x{len(names)}")
     if others := untargeted(h):
-        print(f"not trained:   {', '.join(others)} (LoRA here adapts the 2-D projections above)")
+        print(f"not trained:   {', '.join(others)} (no target names it)")
+    unnamed = [t for t in present if t not in peft_targets(arch)]
     split = "attn_qkv" in present and "attn_qkv" not in hf_modules(arch)
-    print("PEFT export:   yes" + (" (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split))
+    print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module: GGUF adapter only)"
+                               if unnamed else "yes")
+          + " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split)
     return 0
 
 

@@ -12,7 +12,7 @@ bench/compat.json and bench/compat.md:
 | train | 3 P-RGE steps on every target run and write adapter.gguf (test_train_three_steps) |
 | GGUF adapter | llama-cpp-python's `Llama(lora_path=...)` gives the training engine's log-probs |
 | merged | `export --to merged` loads and scores as base + adapter |
-| PEFT | export to a PEFT folder and back is exact |
+| PEFT | export to a PEFT folder and back is exact (for what PEFT names; the rest refused in one line) |
 | torch parity | transformers (GGUF loader) + the adapter gives llama.cpp's log-probs |
 
     python scripts/compat_table.py            # all architectures, ~1-2 min on 2 cores
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from converters.peft import hf_modules  # noqa: E402
+from converters.peft import hf_modules, peft_targets  # noqa: E402
 from prge_gguf.gguf_header import read_header  # noqa: E402
 from prge_gguf.lora import model_targets, untargeted  # noqa: E402
 from prge_gguf.synthetic import ARCHS, write_tiny  # noqa: E402
@@ -72,14 +72,16 @@ def outcomes(report: Path) -> dict[tuple[str, str], str]:
 
 
 def describe(kind: str, work: Path) -> dict[str, object]:
-    """What the table says of `kind` beyond pass/fail: its targets, what they leave out, and how
-    PEFT names a fused attn_qkv."""
+    """What the table says of `kind` beyond pass/fail: its targets, what they leave out, and what
+    PEFT cannot name or names differently."""
     header = read_header(write_tiny(work / f"{kind}.gguf", kind))
-    targets = model_targets(header)
-    split = "attn_qkv" in targets and "attn_qkv" not in hf_modules(header.architecture)
-    return {"kind": kind, "architecture": header.architecture, "targets": targets,
-            "not_trained": untargeted(header),
-            "peft_note": "attn_qkv as q_proj, k_proj, v_proj sharing lora_A" if split else ""}
+    arch, targets = header.architecture, model_targets(header)
+    unnamed = [t for t in targets if t not in peft_targets(arch)]
+    notes = [f"not {', '.join(unnamed)}: no Hugging Face module"] if unnamed else []
+    if "attn_qkv" in targets and "attn_qkv" not in hf_modules(arch):
+        notes.append("attn_qkv as q_proj, k_proj, v_proj sharing lora_A")
+    return {"kind": kind, "architecture": arch, "targets": targets, "not_trained": untargeted(header),
+            "peft_note": "; ".join(notes)}
 
 
 def row(info: dict[str, object], results: dict[tuple[str, str], str]) -> dict[str, object]:

@@ -33,11 +33,14 @@ KINDS = list(ARCHS)
 EXPECTED_TARGETS = {
     "phi3": ["attn_output", "ffn_up", "ffn_down", "attn_qkv"],
     "llama-fused-qkv": ["attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_qkv"],
-    "qwen3moe": ["attn_q", "attn_k", "attn_v", "attn_output"],  # experts are 3-D: not targets
+    "qwen3moe": ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_exps", "ffn_up_exps",
+                 "ffn_down_exps"],
 }
 # Kinds whose GGUF fuses q, k, v where the Hugging Face model does not: PEFT gets three LoRAs
 # that share A.
 SPLIT_QKV = {"llama-fused-qkv"}
+# Kinds with targets no PEFT module names: Qwen3-MoE's experts are 3-D parameters in transformers.
+NO_PEFT = {"qwen3moe": "ffn_gate_exps, ffn_up_exps, ffn_down_exps"}
 TEXT = "It was a great movie and the plot is not bad."
 ROWS = [("a great movie", 1), ("the plot is bad", 0), ("fun and good", 1), ("a terrible film", 0)] * 2
 
@@ -83,6 +86,15 @@ def run(work: Path, kind: str) -> tuple[Path, str]:
     return folder, log.read_text()
 
 
+def peft_part(adapter: LoraAdapter) -> LoraAdapter:
+    """`adapter` without the tensors no PEFT module names (a mixture of experts' experts)."""
+    from converters.peft import peft_unnamed
+
+    keep = [n for n in adapter.names if n not in peft_unnamed(adapter)]
+    return LoraAdapter(adapter.architecture, adapter.alpha, {n: adapter.a[n] for n in keep},
+                       {n: adapter.b[n] for n in keep}, adapter.fingerprint)
+
+
 def boosted(adapter: LoraAdapter, seed: int = 0) -> LoraAdapter:
     """`adapter` with random B (0.1 std): an effect on the log-probs far above float noise."""
     rng = np.random.default_rng(seed)
@@ -124,9 +136,11 @@ def test_info_lists_targets(work, kind):
     assert listed == targets_of(kind)
     assert f"architecture:  {ARCHS[kind].name} " in out
     split = " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" if kind in SPLIT_QKV else ""
-    assert f"PEFT export:   yes{split}\n" in out
+    peft = f"not for {NO_PEFT[kind]} (no Hugging Face module: GGUF adapter only)" if kind in NO_PEFT \
+        else "yes"
+    assert f"PEFT export:   {peft}{split}\n" in out
     if ARCHS[kind].n_expert:
-        assert "not trained:   ffn_down_exps, ffn_gate_exps, ffn_gate_inp, ffn_up_exps" in out
+        assert "not trained:   ffn_gate_inp (no target names it)" in out
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -139,10 +153,12 @@ def test_train_three_steps(work, kind):
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 3
     if ARCHS[kind].n_expert:
-        assert ("note: ffn_down_exps, ffn_gate_exps, ffn_gate_inp, ffn_up_exps are not trained (the adapter "
-                "covers attn_k, attn_output, attn_q, attn_v)") in err
-    assert "warning: no PEFT module" not in err
-    assert (folder / "peft" / "adapter_model.safetensors").is_file()
+        assert ("note: the adapter covers attn_k, attn_output, attn_q, attn_v, ffn_down_exps, ffn_gate_exps, "
+                "ffn_up_exps; not ffn_gate_inp") in err
+    if kind in NO_PEFT:
+        assert ("warning: no PEFT module for blk.0.ffn_down_exps.weight (and 5 more): this run writes "
+                "adapter.gguf only") in err
+    assert (folder / "peft" / "adapter_model.safetensors").is_file() == (kind not in NO_PEFT)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -192,6 +208,13 @@ def test_peft_round_trip(work, kind, tmp_path):
     src = folder / "adapter.gguf"
     peft, back = tmp_path / "peft", tmp_path / "back.gguf"
     code, _, err = cli("export", src, "--model", model(work, kind), "--to", "peft", "--out", peft)
+    if kind in NO_PEFT:  # refused in one line; the part PEFT names goes through
+        assert code == 2 and not peft.exists()
+        assert err.startswith("error: blk.0.ffn_down_exps.weight: no PEFT module for this tensor of a "
+                              f"{kind} model (expected one of attn_q, ") and err.count("\n") == 1
+        src = tmp_path / "named.gguf"
+        write_gguf(peft_part(read_gguf(folder / "adapter.gguf")), src)
+        code, _, err = cli("export", src, "--model", model(work, kind), "--to", "peft", "--out", peft)
     assert code == 0, err
     assert cli("export", peft, "--model", model(work, kind), "--to", "gguf", "--out", back)[0] == 0
     original, again = read_gguf(src), read_gguf(back)
@@ -240,7 +263,7 @@ def test_torch_parity(work, kind):
     from prge_gguf.engine.llama import LlamaEngine
     from prge_gguf.engine.torch_engine import TorchEngine
 
-    adapter = boosted(read_gguf(run(work, kind)[0] / "adapter.gguf"))
+    adapter = boosted(peft_part(read_gguf(run(work, kind)[0] / "adapter.gguf")))
     with LlamaEngine(model(work, kind), n_ctx=128, threads=1) as engine:
         tokens = engine.tokenize(TEXT, add_special=True)
         base, ours = (engine_logprobs(engine, tokens, a) for a in (None, adapter))
@@ -301,7 +324,8 @@ def test_bad_model_without_lora_targets(work, tmp_path):
     code, line = _train(work, ssm, tmp_path / "run")
     assert code == 2
     assert line == (f"error: {ssm}: this mamba model has no weights LoRA can target (none of attn_q, attn_k, "
-                    "attn_v, attn_output, ffn_gate, ffn_up, ffn_down, attn_qkv in its blocks)")
+                    "attn_v, attn_output, ffn_gate, ffn_up, ffn_down, attn_qkv, ffn_gate_exps, ffn_up_exps, "
+                    "ffn_down_exps in its blocks)")
     assert not (tmp_path / "run").exists()
 
 
@@ -309,7 +333,8 @@ def test_bad_model_without_lora_targets(work, tmp_path):
     ("phi3", "attn_q,attn_v", "unknown target 'attn_q' for this phi3 model (expected some of: attn_output, "
                               "ffn_up, ffn_down, attn_qkv; its q, k and v are one weight, attn_qkv)"),
     ("qwen3moe", "attn_q,ffn_gate", "unknown target 'ffn_gate' for this qwen3moe model (expected some of: "
-                                    "attn_q, attn_k, attn_v, attn_output)"),
+                                    "attn_q, attn_k, attn_v, attn_output, ffn_gate_exps, ffn_up_exps, "
+                                    "ffn_down_exps)"),
 ])
 def test_bad_target_the_model_lacks(work, tmp_path, kind, targets, expected):
     code, line = _train(work, model(work, kind), tmp_path / "run", "--targets", targets)
