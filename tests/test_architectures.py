@@ -198,7 +198,8 @@ def test_merged_export_loads(work, kind, tmp_path):
         base = engine_logprobs(engine, tokens, None)
     with LlamaEngine(merged, n_ctx=128, threads=1) as m:
         got = engine_logprobs(m, tokens, None)
-    # F16 rounding of the merged weights only: far closer to base + adapter than the base is.
+    # Apart only by F16 rounding of the merged weights and the base's Q8_0 dot products (on
+    # quantized activations): far closer to base + adapter than the base is.
     assert np.abs(got - target).max() < 0.1 * np.abs(base - target).max()
 
 
