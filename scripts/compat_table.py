@@ -3,7 +3,8 @@
 Each architecture's tiny random-weight model (prge_gguf.synthetic) goes through the checks that
 test module makes, one test per check and architecture (`test_<check>[<kind>]`); this script
 runs them under pytest, reads the outcome of each from a JUnit XML report, and writes
-bench/compat.json and bench/compat.md:
+bench/compat.json and bench/compat.md (and a second table from tests/test_quant_types.py: each
+llama.cpp file type trains, reloads with the engine's log-probs, and merges):
 
 | column | passes when |
 | --- | --- |
@@ -40,7 +41,9 @@ from prge_gguf.gguf_header import read_header  # noqa: E402
 from prge_gguf.lora import model_targets, untargeted  # noqa: E402
 from prge_gguf.synthetic import ARCHS, write_tiny  # noqa: E402
 
-TESTS = "tests/test_architectures.py"
+TESTS = ("tests/test_architectures.py", "tests/test_quant_types.py")
+# The test of each llama.cpp file type (a tiny llama quantized to it): train, reload, merge.
+QUANT_TEST = "test_quant_type_trains_reloads_and_merges"
 # Column -> the test of each architecture that decides it.
 CHECKS = {
     "train": "test_train_three_steps",
@@ -94,8 +97,8 @@ def row(info: dict[str, object], results: dict[tuple[str, str], str]) -> dict[st
     return {**info, "info": info_ok, **cells}
 
 
-def markdown(rows: list[dict[str, object]], command: str, machine: str) -> str:
-    """The table as Markdown, with the command and machine that made it."""
+def markdown(rows: list[dict[str, object]], quants: dict[str, str], command: str, machine: str) -> str:
+    """The tables as Markdown, with the command and machine that made them."""
     columns = ["targets", "not trained", *CHECKS]
     lines = [f"Made by `{command}` on {machine}. Tiny random-weight models (prge_gguf/synthetic.py):",
              "plumbing and numerics, not accuracy.", "",
@@ -104,6 +107,8 @@ def markdown(rows: list[dict[str, object]], command: str, machine: str) -> str:
         targets = ", ".join(r["targets"]) + ("" if r["info"] == "pass" else f" (info: {r['info']})")
         cells = [targets, ", ".join(r["not_trained"]) or "-", *(str(r[c]) for c in CHECKS)]
         lines.append(f"| {r['kind']} | {r['architecture']} | " + " | ".join(cells) + " |")
+    lines += ["", "| file type (tiny llama) | trains, reloads in Llama(lora_path), merges |", "| --- | --- |"]
+    lines += [f"| {ftype} | {outcome} |" for ftype, outcome in quants.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -114,18 +119,24 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="compat-") as tmp:
         report = Path(tmp) / "report.xml"
-        subprocess.run([sys.executable, "-m", "pytest", TESTS, "-q", "-p", "no:cacheprovider",
-                        f"--junitxml={report}"], cwd=ROOT, check=False)
+        # This checkout's code, not an installed copy's.
+        path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": path}
+        subprocess.run([sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={report}"], cwd=ROOT, env=env, check=False)
         results = outcomes(report)
         rows = [row(describe(kind, Path(tmp)), results) for kind in ARCHS]
+    quants = {param: outcome for (test, param), outcome in results.items() if test == QUANT_TEST}
     machine = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}, " + ", ".join(f"{p} {version(p)}" for p in PACKAGES))
     command = "python scripts/compat_table.py"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compat.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "rows": rows}, indent=2, sort_keys=True) + "\n")
-    (args.out / "compat.md").write_text(markdown(rows, command, machine))
-    print(markdown(rows, command, machine))
+        {"command": command, "machine": machine, "rows": rows, "quant_types": quants}, indent=2,
+        sort_keys=True) + "\n")
+    text = markdown(rows, quants, command, machine)
+    (args.out / "compat.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
