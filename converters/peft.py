@@ -1,12 +1,15 @@
 """GGUF LoRA adapter <-> PEFT folder (adapter_config.json + adapter_model.safetensors).
 
-Two facts make this more than renaming:
+Three facts make this more than renaming:
 - llama.cpp names weights `blk.{i}.attn_q` ...; PEFT names the Hugging Face
   modules `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` ...
 - For the llama architecture, llama.cpp's converter permutes the rows of the
   q and k projections (its RoPE layout), and lora_b with them; the PEFT side
   needs the rows in Hugging Face order, so lora_B is un-permuted on export and
   permuted again on import.
+- A GGUF may fuse q, k and v into one attn_qkv (Phi-3; any model converted with --fuse-qkv).
+  Where the Hugging Face model has separate q/k/v modules, its LoRA B A (B's rows q|k|v) goes
+  out as exactly three LoRAs that share A, and comes back fused.
 """
 
 from __future__ import annotations
@@ -29,9 +32,22 @@ HF_MODULES = {
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Where an architecture's Hugging Face modules differ: Phi-3 keeps q, k, v in one qkv_proj and
+# gate, up in one gate_up_proj, rows in the same order as llama.cpp's attn_qkv and ffn_up (its
+# converter copies them unchanged). Elsewhere a fused attn_qkv (--fuse-qkv) has no module.
+_HF_FUSED = {"phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
 _PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
-# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's.
-_PERMUTED = {"llama"}
+# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's:
+# those convert_hf_to_gguf writes through LlamaModel with undo_permute (conversion/llama.py,
+# granite.py).
+_PERMUTED = {"llama", "smollm3", "granite", "granitemoe"}
+# The projections a fused attn_qkv stacks, in its row order.
+_QKV = ("attn_q", "attn_k", "attn_v")
+
+
+def hf_modules(architecture: str) -> dict[str, str]:
+    """llama.cpp projection -> Hugging Face module path, for a model of `architecture`."""
+    return HF_MODULES | _HF_FUSED.get(architecture, {})
 
 
 def rope_rows_to_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
@@ -56,26 +72,70 @@ def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_he
     return (rope_rows_to_hf if to_hf else rope_rows_to_gguf)(b, heads)
 
 
+def peft_targets(architecture: str) -> set[str]:
+    """The projections a PEFT folder can hold for a model of `architecture` (attn_qkv always: as
+    q, k, v where Hugging Face has no fused module)."""
+    return {*hf_modules(architecture), "attn_qkv"}
+
+
 def peft_unnamed(adapter: LoraAdapter) -> list[str]:
     """The tensors of `adapter` that no PEFT module stands for (`to_peft` refuses them)."""
-    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in HF_MODULES)]
+    modules = peft_targets(adapter.architecture)
+    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in modules)]
+
+
+def split_qkv(adapter: LoraAdapter, n_head: int, n_head_kv: int) -> LoraAdapter:
+    """`adapter` with each fused attn_qkv LoRA, where its architecture's Hugging Face model has
+    no fused module, as three LoRAs on attn_q, attn_k, attn_v that share its A (exact)."""
+    if "attn_qkv" in hf_modules(adapter.architecture):
+        return adapter
+    a, b = {}, {}
+    for name in adapter.names:
+        m = TARGET_NAME.match(name)
+        if not m or m.group(2) != "attn_qkv":
+            a[name], b[name] = adapter.a[name], adapter.b[name]
+            continue
+        head = adapter.b[name].shape[0] // (n_head + 2 * n_head_kv)
+        parts = np.split(adapter.b[name], [n_head * head, (n_head + n_head_kv) * head])
+        for target, part in zip(_QKV, parts, strict=True):
+            split = f"blk.{m.group(1)}.{target}.weight"
+            a[split], b[split] = adapter.a[name], part
+    return LoraAdapter(adapter.architecture, adapter.alpha, a, b, adapter.fingerprint)
+
+
+def _fuse_qkv(a: dict[str, np.ndarray], b: dict[str, np.ndarray], source: Path) -> None:
+    """Replace, in place, each block's q, k, v LoRAs by one attn_qkv LoRA (the inverse of
+    `split_qkv`): exact only where the three share A, so anything else is refused."""
+    layers = sorted({m.group(1) for n in a if (m := TARGET_NAME.match(n)) and m.group(2) in _QKV})
+    for layer in layers:
+        names = [f"blk.{layer}.{t}.weight" for t in _QKV]
+        if not all(n in a and np.array_equal(a[n], a[names[0]]) for n in names):
+            raise PrgeError(f"{source}: block {layer}: this model fuses q, k and v into one attn_qkv, which "
+                            "takes q_proj, k_proj and v_proj LoRAs only with one shared lora_A (as "
+                            "'prge-gguf export' writes them)")
+        fused = f"blk.{layer}.attn_qkv.weight"
+        a[fused], b[fused] = a[names[0]], np.concatenate([b[n] for n in names])
+        for n in names:
+            del a[n], b[n]
 
 
 def to_peft(adapter: LoraAdapter, out_dir: str | Path, *, n_head: int, n_head_kv: int,
             base_model: str = "") -> Path:
     """Write `adapter` as a PEFT LoRA folder; returns the folder."""
     out_dir = Path(out_dir)
+    hf = hf_modules(adapter.architecture)
     if unnamed := peft_unnamed(adapter):
-        raise PrgeError(f"{unnamed[0]}: no PEFT module for this tensor "
-                        f"(expected one of {', '.join(HF_MODULES)})")
+        raise PrgeError(f"{unnamed[0]}: no PEFT module for this tensor of a {adapter.architecture} model "
+                        f"(expected one of {', '.join(hf)})")
+    adapter = split_qkv(adapter, n_head, n_head_kv)
     tensors, modules, layers = {}, set(), set()
     for name in adapter.names:
         layer, target = TARGET_NAME.match(name).groups()
         b = lora_b_rows(adapter.b[name], target, adapter.architecture, n_head, n_head_kv, to_hf=True)
-        prefix = f"base_model.model.model.layers.{layer}.{HF_MODULES[target]}"
+        prefix = f"base_model.model.model.layers.{layer}.{hf[target]}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(adapter.a[name])
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b)
-        modules.add(HF_MODULES[target].split(".")[-1])
+        modules.add(hf[target].split(".")[-1])
         layers.add(int(layer))
     config = {
         "base_model_name_or_path": base_model, "bias": "none", "fan_in_fan_out": False,
@@ -103,9 +163,10 @@ def to_peft_for(adapter: LoraAdapter, out_dir: str | Path, header: GGUFHeader) -
 
 
 def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: int | None = None,
-              n_head_kv: int | None = None) -> LoraAdapter:
+              n_head_kv: int | None = None, fused_qkv: bool = False) -> LoraAdapter:
     """Read a PEFT LoRA folder as a GGUF-layout adapter. Architecture and head counts come
-    from our own config block when present, else from the arguments (the base GGUF's)."""
+    from our own config block when present, else from the arguments (the base GGUF's);
+    `fused_qkv`: the base GGUF has attn_qkv weights, so q, k, v LoRAs are fused into them."""
     folder = Path(folder)
     config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     for f in (config_file, weights):
@@ -119,7 +180,7 @@ def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: in
         raise PrgeError(f"{folder}: pass the base model so that its architecture and head counts are known")
     if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("use_rslora"):
         raise PrgeError(f"{config_file}: only plain LoRA adapters convert (no DoRA / rsLoRA)")
-    back = {v: k for k, v in HF_MODULES.items()}
+    back = {v: k for k, v in hf_modules(arch).items()}
     a, b = {}, {}
     for key, value in load_file(str(weights)).items():
         m = _PEFT_KEY.match(key)
@@ -134,4 +195,6 @@ def from_peft(folder: str | Path, *, architecture: str | None = None, n_head: in
     unpaired = sorted(set(a) ^ set(b))
     if unpaired:
         raise PrgeError(f"{weights}: {unpaired[0]} has only one of lora_A/lora_B")
+    if fused_qkv:
+        _fuse_qkv(a, b, weights)
     return LoraAdapter(arch, float(config["lora_alpha"]), a, b, ours.get("base_fingerprint", ""))

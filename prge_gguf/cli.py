@@ -13,7 +13,7 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.estimators import ESTIMATORS
-from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, base_fingerprint, target_shapes
+from prge_gguf.lora import ALL_TARGETS, DEFAULT_TARGETS, base_fingerprint, target_shapes
 from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
 
 # The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rank", type=int, help="LoRA rank r")
     tr.add_argument("--alpha", type=float, help="LoRA alpha (scale alpha/r)")
     tr.add_argument("--targets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
-                    help=f"comma-separated projections of {','.join(TARGETS)} "
-                         f"(default: {','.join(DEFAULT_TARGETS)})")
+                    help=f"comma-separated projections of {','.join(ALL_TARGETS)} "
+                         f"(default: {','.join(DEFAULT_TARGETS)}; attn_qkv where q, k, v are fused)")
     tr.add_argument("--num-layers", type=int,
                     help="put the adapter on the last N blocks only, as MLX-LM's --num-layers (default: all)")
     tr.add_argument("--eval-every", type=int, help="steps between evaluations (0 = none)")
@@ -283,12 +283,16 @@ def _check_base(adapter, header, path: str) -> None:
     """Refuse an adapter whose recorded base-model fingerprint is not this model's, or (adapters
     from elsewhere record none) whose tensors do not fit this model's weights."""
     base = base_fingerprint(header)
+    if adapter.architecture != header.architecture:
+        raise PrgeError(f"{path}: adapter is for a {adapter.architecture} model, this model is "
+                        f"{header.architecture}: an adapter for another model")
     if adapter.fingerprint and adapter.fingerprint != base:
         raise PrgeError(f"{path}: adapter was trained for another base model "
                         f"(fingerprint {adapter.fingerprint}, this model {base})")
     for name in adapter.names:
         info = header.tensors.get(name)
-        needs = (adapter.b[name].shape[0], adapter.a[name].shape[1])  # (out, in), as the header's shape
+        # (out, in) or (experts, out, in), as the header's shape
+        needs = (*adapter.b[name].shape[:-1], adapter.a[name].shape[-1])
         if info is None or tuple(info.shape) != needs:
             has = f"shape {tuple(info.shape)}" if info else "no such weight"
             raise PrgeError(f"{path}: adapter tensor {name} needs a weight of shape {needs}, this model "
@@ -303,7 +307,8 @@ def _read_adapter(path: str, header):
 
     if Path(path).is_dir():
         n_head, n_head_kv = header.head_counts
-        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv)
+        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv,
+                            fused_qkv=any(n.endswith(".attn_qkv.weight") for n in header.tensors))
     else:
         adapter = read_gguf(path)
     _check_base(adapter, header, path)
@@ -359,7 +364,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
     from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import check_rank, init_lora_fa, num_layers_of
+    from prge_gguf.lora import check_rank, default_targets, init_lora_fa, num_layers_of, untargeted
     from prge_gguf.memory import check_fits, train_bytes
     from prge_gguf.outputs import check_run_folder
     from prge_gguf.run_dir import RunDir
@@ -389,7 +394,7 @@ def _train_as(workers, args: argparse.Namespace) -> int:
         overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
         header = read_header(_model_path(args.model))
         optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        tuned = architecture_defaults(header.architecture, optimizer)
+        tuned = architecture_defaults(header.architecture, optimizer) | {"targets": default_targets(header)}
         if _on_gpu(args) and optimizer in ZEROTH_ORDER:
             tuned["batch_size"] = GPU_ZO_BATCH
         adapter = _start_adapter(args.adapter, header, overrides) if args.adapter else None
@@ -418,6 +423,9 @@ def _train_as(workers, args: argparse.Namespace) -> int:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
         elif args.resume:
             _check_base(adapter, engine.header, args.resume)
+        if others := untargeted(engine.header):
+            say(f"note: the adapter covers {', '.join(adapter.targets)}; not {', '.join(others)}",
+                file=sys.stderr)
         if unnamed := peft_unnamed(adapter):
             more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
             say(f"warning: no PEFT module for {unnamed[0]}{more}: this run writes adapter.gguf only, "
@@ -498,7 +506,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
+    from converters.peft import hf_modules, peft_targets
     from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import default_targets, model_targets, untargeted
 
     path = _model_path(args.model)
     h = read_header(path)
@@ -514,13 +524,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     types = Counter(t.type_name for t in h.tensors.values())
     print("tensor types:  " + ", ".join(f"{k} x{v}" for k, v in types.most_common()))
     print(f"fingerprint:   {base_fingerprint(h)}")
-    present = [t for t in TARGETS if any(f".{t}.weight" in n for n in h.tensors)]
+    present = model_targets(h)
+    if not present:
+        print(f"LoRA targets:  none (no block weight named {', '.join(ALL_TARGETS)}): "
+              "prge-gguf cannot train this model")
+        return 0
     shapes = target_shapes(h, present)
-    print("LoRA targets (out x in, type, layers):")
+    print(f"LoRA targets (out x in, type, layers; default {','.join(default_targets(h))}):")
     for t in present:
         names = [n for n in shapes if f".{t}." in n]
         info = h.tensors[names[0]]
-        print(f"  {t:<12} {info.shape[0]:>6} x {info.shape[1]:<6} {info.type_name:<6} x{len(names)}")
+        rows = "x".join(map(str, info.shape[:-1]))  # experts x out, for expert weights
+        print(f"  {t:<13} {rows:>8} x {info.shape[-1]:<6} {info.type_name:<6} x{len(names)}")
+    if others := untargeted(h):
+        print(f"not trained:   {', '.join(others)} (no target names it)")
+    unnamed = [t for t in present if t not in peft_targets(arch)]
+    split = "attn_qkv" in present and "attn_qkv" not in hf_modules(arch)
+    print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module: GGUF adapter only)"
+                               if unnamed else "yes")
+          + " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split)
     return 0
 
 

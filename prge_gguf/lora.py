@@ -2,7 +2,8 @@
 
 Layout written is llama.cpp's adapter GGUF: `general.type=adapter`,
 `adapter.type=lora`, `adapter.lora.alpha`, and per target weight
-`<name>.lora_a` (numpy shape (r, in)) and `<name>.lora_b` ((out, r)).
+`<name>.lora_a` (numpy shape (r, in)) and `<name>.lora_b` ((out, r)); for a mixture of experts'
+3-D expert weights, one pair per expert: (experts, r, in) and (experts, out, r).
 llama.cpp applies W x + (alpha / r) * B (A x).
 """
 
@@ -28,6 +29,15 @@ from prge_gguf.outputs import publish
 
 # The seven projections of a transformer block, as llama.cpp names them (the paper's default set).
 TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# Projections some architectures fuse into one weight: Phi-3 (and any GGUF converted with
+# --fuse-qkv) stacks q, k and v's rows in attn_qkv. llama.cpp adds B(A x) to the fused product
+# as to any weight, so a LoRA on it is one (A, B) pair. (Phi-3's fused gate and up rows keep the
+# name ffn_up, already a target.)
+FUSED_TARGETS = ("attn_qkv",)
+# A mixture of experts' stacked expert weights (experts, out, in): llama.cpp applies a LoRA to
+# each expert it routes a token to (ggml_mul_mat_id over A and B stacked the same way).
+EXPERT_TARGETS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+ALL_TARGETS = (*TARGETS, *FUSED_TARGETS, *EXPERT_TARGETS)
 DEFAULT_TARGETS = ("attn_q", "attn_v")
 # A block weight's GGUF name: groups (layer, projection).
 TARGET_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
@@ -45,7 +55,8 @@ def base_fingerprint(header: GGUFHeader) -> str:
 
 @dataclass(frozen=True)
 class LoraAdapter:
-    """An immutable LoRA adapter: `a[name]` (r, in) and `b[name]` (out, r), float32.
+    """An immutable LoRA adapter: `a[name]` (r, in) and `b[name]` (out, r), float32; expert
+    weights have a leading experts axis on both.
 
     Names are base weight names (`blk.3.attn_q.weight`). Arrays are made read-only so
     that an engine may cache what it built from an adapter by `uid`.
@@ -72,7 +83,7 @@ class LoraAdapter:
     @property
     def rank(self) -> int:
         """The LoRA rank r."""
-        return next(iter(self.a.values())).shape[0]
+        return next(iter(self.a.values())).shape[-2]
 
     @property
     def targets(self) -> list[str]:
@@ -111,10 +122,36 @@ def num_layers_of(adapter: LoraAdapter, header: GGUFHeader) -> int:
     return len(used) if used and used != blocks and used == blocks[-len(used):] else 0
 
 
-def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -> dict[str, tuple[int, int]]:
-    """Map each targeted base weight name (of the last `num_layers` blocks; 0: of all) to its
-    (out, in) shape; reject unknown targets and more layers than the model has."""
+def model_targets(header: GGUFHeader) -> list[str]:
+    """The projections of ALL_TARGETS that `header`'s model holds as block weights, in that order."""
     present = {m.group(2) for name in header.tensors if (m := TARGET_NAME.match(name))}
+    return [t for t in ALL_TARGETS if t in present]
+
+
+def untargeted(header: GGUFHeader) -> list[str]:
+    """The block weights (2-D and more) that no target names, by projection: a mixture of
+    experts' router, e.g., which llama.cpp could adapt but this tool does not."""
+    present = model_targets(header)
+    return sorted({m.group(2) for name, info in header.tensors.items()
+                   if (m := TARGET_NAME.match(name)) and len(info.shape) > 1 and m.group(2) not in present})
+
+
+def default_targets(header: GGUFHeader) -> list[str]:
+    """DEFAULT_TARGETS (q and v); on a model whose q, k and v are fused, the fused weight."""
+    present = model_targets(header)
+    if all(t in present for t in DEFAULT_TARGETS) or "attn_qkv" not in present:
+        return list(DEFAULT_TARGETS)
+    return ["attn_qkv"]
+
+
+def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -> dict[str, tuple[int, ...]]:
+    """Map each targeted base weight name (of the last `num_layers` blocks; 0: of all) to its
+    (out, in) shape, (experts, out, in) for expert weights; reject targets the model lacks and
+    more layers than the model has."""
+    present = model_targets(header)
+    if not present:
+        raise PrgeError(f"{header.path}: this {header.architecture} model has no weights LoRA can target "
+                        f"(none of {', '.join(ALL_TARGETS)} in its blocks)")
     blocks = blocks_of(header.tensors)
     if num_layers > len(blocks):
         raise PrgeError(f"--num-layers: this {header.architecture} model has {len(blocks)} blocks, "
@@ -122,21 +159,21 @@ def target_shapes(header: GGUFHeader, targets: list[str], num_layers: int = 0) -
     kept = set(blocks[-num_layers:]) if num_layers else set(blocks)
     for target in targets:
         if target not in present:
-            known = ", ".join(t for t in TARGETS if t in present)
+            fused = "; its q, k and v are one weight, attn_qkv" if "attn_qkv" in present else ""
             raise PrgeError(
                 f"--targets: unknown target '{target}' for this {header.architecture} model "
-                f"(expected some of: {known})"
+                f"(expected some of: {', '.join(present)}{fused})"
             )
     shapes = {}
     for name, info in header.tensors.items():
         m = TARGET_NAME.match(name)
-        if m and m.group(2) in targets and int(m.group(1)) in kept and len(info.shape) == 2:
-            shapes[name] = (int(info.shape[0]), int(info.shape[1]))
+        if m and m.group(2) in targets and int(m.group(1)) in kept:
+            shapes[name] = tuple(int(d) for d in info.shape)
     return dict(sorted(shapes.items()))
 
 
 def check_rank(header: GGUFHeader, targets: list[str], rank: int, num_layers: int = 0
-               ) -> dict[str, tuple[int, int]]:
+               ) -> dict[str, tuple[int, ...]]:
     """The target shapes (`target_shapes`), once `rank` is known to fit them: at least 1 and at
     most the smallest dimension of a target (a larger rank adds nothing and costs memory)."""
     shapes = target_shapes(header, targets, num_layers)
@@ -145,10 +182,10 @@ def check_rank(header: GGUFHeader, targets: list[str], rank: int, num_layers: in
                         f"{header.architecture} model")
     if rank < 1:
         raise PrgeError(f"--rank must be >= 1, got {rank}")
-    name, dims = min(shapes.items(), key=lambda item: min(item[1]))
-    if rank > min(dims):
-        raise PrgeError(f"--rank {rank} is larger than {name}'s smaller dimension ({min(dims)} of "
-                        f"{dims[0]} x {dims[1]}): at most {min(dims)}")
+    name, (*_, out_dim, in_dim) = min(shapes.items(), key=lambda item: min(item[1][-2:]))
+    if rank > min(out_dim, in_dim):
+        raise PrgeError(f"--rank {rank} is larger than {name}'s smaller dimension ({min(out_dim, in_dim)} "
+                        f"of {out_dim} x {in_dim}): at most {min(out_dim, in_dim)}")
     return shapes
 
 
@@ -159,10 +196,10 @@ def init_lora_fa(
     (PEFT's bound 1/sqrt(in)), B zero."""
     rng = np.random.default_rng([seed, 0xA])
     a, b = {}, {}
-    for name, (out_dim, in_dim) in check_rank(header, targets, rank, num_layers).items():
+    for name, (*experts, out_dim, in_dim) in check_rank(header, targets, rank, num_layers).items():
         bound = 1.0 / np.sqrt(in_dim)
-        a[name] = rng.uniform(-bound, bound, size=(rank, in_dim)).astype(np.float32)
-        b[name] = np.zeros((out_dim, rank), dtype=np.float32)
+        a[name] = rng.uniform(-bound, bound, size=(*experts, rank, in_dim)).astype(np.float32)
+        b[name] = np.zeros((*experts, out_dim, rank), dtype=np.float32)
     return LoraAdapter(header.architecture, float(alpha), a, b, base_fingerprint(header))
 
 
@@ -231,7 +268,7 @@ def read_gguf(path: str | Path) -> LoraAdapter:
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b:
             problems.append(f"{name}: has only one of lora_a/lora_b")
-        elif a[name].shape[0] != b[name].shape[1]:
+        elif a[name].shape[-2] != b[name].shape[-1] or a[name].shape[:-2] != b[name].shape[:-2]:
             problems.append(f"{name}: lora_a {a[name].shape} and lora_b {b[name].shape} ranks differ")
     if not a and not problems:
         problems.append("no LoRA tensors")
@@ -240,7 +277,7 @@ def read_gguf(path: str | Path) -> LoraAdapter:
     common = sorted(set(a) & set(b))
     return LoraAdapter(
         str(meta("general.architecture", "unknown")),
-        float(meta("adapter.lora.alpha", a[common[0]].shape[0])),
+        float(meta("adapter.lora.alpha", a[common[0]].shape[-2])),
         {n: a[n] for n in common},
         {n: b[n] for n in common},
         str(meta(_KEY_FINGERPRINT, "")),

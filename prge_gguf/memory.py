@@ -3,6 +3,7 @@ machine has free: a run that cannot fit stops with one line instead of being kil
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prge_gguf.errors import PrgeError
@@ -12,7 +13,8 @@ _KV_BYTES = 2  # llama.cpp's KV cache holds f16 keys and values
 _SEQS_PER_DECODE = 64  # rows of logits a decode returns at most (the engine's n_seq_max)
 
 
-def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, int]], rank: int, q: int, n_ctx: int) -> int:
+def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, ...]], rank: int, q: int, n_ctx: int
+                ) -> int:
     """Bytes a P-RGE run needs, from above: the model file (mapped, so paged in as it is read),
     the KV cache and logits of one decode, and float32 copies of the adapter: the trained one, its
     2q perturbations, the next one and the engine's loaded pair."""
@@ -23,7 +25,8 @@ def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, int]], rank: in
     kv = n_ctx * n_layer * 2 * (n_embd * n_head_kv // max(n_head, 1)) * _KV_BYTES
     n_vocab = int(md.get("tokenizer.ggml.tokens", 0))  # the header keeps an array's length
     logits = _SEQS_PER_DECODE * n_vocab * 4
-    adapter = sum(rank * (out_dim + in_dim) for out_dim, in_dim in shapes.values()) * 4
+    adapter = 4 * sum(math.prod(experts) * rank * (out_dim + in_dim)
+                      for *experts, out_dim, in_dim in shapes.values())
     return Path(header.path).stat().st_size + kv + logits + adapter * (2 * q + 4)
 
 

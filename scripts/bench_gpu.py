@@ -4,7 +4,7 @@ an adapter file loaded per perturbation), at q = 1 and 4 and batch 16 and 64, on
 and 7B shapes; the same step on the machine's CPU split into K contexts x T threads; and the
 torch engine's one batched forward of all 2q perturbations against 2q sequential forwards.
 
-The models are random-weight GGUFs of real shapes (`scripts/synthetic_gguf.py`): speed only,
+The models are random-weight GGUFs of real shapes (`prge_gguf/synthetic.py`): speed only,
 never accuracy. Two commands, both from the repository root:
 
     # here (network): the carry folder: llama-cpp-python's sdist trimmed to ~8 MB, the wheels
@@ -27,7 +27,7 @@ GPU: `--llama-backends cpu --torch-device cpu` checks the logic.
 Why libstdc++ is loaded first (`activate_site`): on the GPU image every model load crashed
 (SIGSEGV right after `init_tokenizer`, CPU and CUDA alike). libggml-cuda.so, as the CUDA 13
 toolchain there links it, holds and exports its own static copy of part of libstdc++
-(std::locale and ~450 GNU-unique symbols). numpy, imported before llama_cpp (synthetic_gguf,
+(std::locale and ~450 GNU-unique symbols). numpy, imported before llama_cpp (prge_gguf.synthetic,
 gguf), loads the system libstdc++.so.6 with its C++ core; unique symbols then bind process-
 wide to that copy while libggml-cuda keeps its own locale state, and the vocabulary's first
 std::locale/regex use crashes (a minimal load that imports llama_cpp before numpy works).
@@ -113,7 +113,7 @@ def prepare_carry(dest: Path, sdist: Path | None) -> None:
     subprocess.run([*pip, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
                     "--platform", "manylinux_2_17_x86_64", "-d", str(dest / "whl"), *PURE_WHEELS],
                    check=True)
-    from synthetic_gguf import export_vocab
+    from prge_gguf.synthetic import export_vocab
 
     export_vocab(dest / "vocab.gguf")
     (dest / "commit.txt").write_text(git_commit() + "\n")
@@ -471,7 +471,7 @@ def tables(result: dict) -> str:
              f"llama-cpp-python {result.get('llama_cpp_python', '?')} "
              f"({result.get('llama_system_info', '').strip()}); torch {m['torch']} (CUDA {m['torch_cuda']}); "
              f"commit {m.get('carry_commit') or m['git_commit']}.",
-             "Models: random-weight GGUFs of real shapes (scripts/synthetic_gguf.py) - speed only, "
+             "Models: random-weight GGUFs of real shapes (prge_gguf/synthetic.py) - speed only, "
              "never accuracy.", ""]
     cuda = [r for r in result["llama_steps"] if r["backend"] == "cuda"]
     if cuda:
@@ -688,7 +688,7 @@ def run_item(args: argparse.Namespace) -> None:
     if args.carry and SITE.is_dir():
         activate_site()
     vocab = args.vocab or (args.carry / "vocab.gguf" if args.carry else None)
-    from synthetic_gguf import write_synthetic
+    from prge_gguf.synthetic import write_synthetic
 
     def model(preset: str, ftype: str) -> Path:
         path = args.models_dir / f"{preset}-{ftype}.gguf"

@@ -18,7 +18,7 @@ Contexts are sized as `prge-gguf train` sizes them (`data.decode_size`: a typica
 in -all7 put it on all seven projections (the first-order baseline of bench/accuracy.md trains those).
 Models: the shipped SmolLM2-135M-Instruct Q4_1; the same re-quantized by llama.cpp's
 `llama_model_quantize` (allow_requantize: a Q4_1 source, labelled as such) to Q8_0, Q4_0 and
-F16; and random-weight GGUFs of real 360M and 1.1B shapes (scripts/synthetic_gguf.py: for
+F16; and random-weight GGUFs of real 360M and 1.1B shapes (prge_gguf/synthetic.py: for
 speed only, never accuracy).
 
     python scripts/bench_speed.py                # -> bench/speed.{json,md}; ~25 min on 2 cores
@@ -169,9 +169,8 @@ def _run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> d
 
 def _models(work: Path, quick: bool) -> list[tuple[str, Path, str]]:
     """(label, path, kind) of every model benchmarked; derived files are made in `work`."""
-    from synthetic_gguf import quantize, write_synthetic
-
     from prge_gguf.models import default_model_path
+    from prge_gguf.synthetic import quantize, write_synthetic
 
     shipped = default_model_path()
     models = [("SmolLM2-135M Q4_1 (shipped)", shipped, "real")]

@@ -98,15 +98,15 @@ def _next_token_logprobs(engine, hf, text, adapter):
 
 
 def test_tensors_without_a_peft_module_are_named_and_refused(tmp_path):
-    # A fused projection (phi3's attn_qkv) and the embedding have no Hugging Face module PEFT names.
-    names = ["blk.0.attn_q.weight", "blk.0.attn_qkv.weight", "token_embd.weight"]
-    adapter = LoraAdapter("phi3", 16.0, {n: np.zeros((2, 4), np.float32) for n in names},
+    # The embedding (and norms) have no Hugging Face module PEFT names.
+    names = ["blk.0.attn_q.weight", "output_norm.weight", "token_embd.weight"]
+    adapter = LoraAdapter("llama", 16.0, {n: np.zeros((2, 4), np.float32) for n in names},
                           {n: np.zeros((4, 2), np.float32) for n in names})
-    assert peft_unnamed(adapter) == ["blk.0.attn_qkv.weight", "token_embd.weight"]
-    with pytest.raises(PrgeError, match=r"^blk\.0\.attn_qkv\.weight: no PEFT module for this tensor"):
+    assert peft_unnamed(adapter) == ["output_norm.weight", "token_embd.weight"]
+    with pytest.raises(PrgeError, match=r"^output_norm\.weight: no PEFT module for this tensor"):
         to_peft(adapter, tmp_path / "out", n_head=2, n_head_kv=2)
     assert not (tmp_path / "out").exists()
-    only_q = LoraAdapter("phi3", 16.0, {names[0]: adapter.a[names[0]]}, {names[0]: adapter.b[names[0]]})
+    only_q = LoraAdapter("llama", 16.0, {names[0]: adapter.a[names[0]]}, {names[0]: adapter.b[names[0]]})
     assert peft_unnamed(only_q) == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.peft import HF_MODULES, lora_b_rows
+from converters.peft import hf_modules, lora_b_rows
 from prge_gguf.data import TokenizedExample
 from prge_gguf.engine.base import AdapterSet, ScoreRequest
 from prge_gguf.errors import PrgeError
@@ -68,6 +68,12 @@ class TorchEngine:
 
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)
+        arch = self.header.architecture
+        fused = any(n.endswith(".attn_qkv.weight") for n in self.header.tensors)
+        if fused and "attn_qkv" not in hf_modules(arch):
+            # transformers' GGUF loader skips the tensor and leaves q, k, v randomly initialised.
+            raise PrgeError(f"{self.model_path}: transformers cannot read the fused attn_qkv of a "
+                            f"{arch} model (use --engine llama)")
         self.n_ctx, self.device, self._batch_tokens = n_ctx, torch.device(device), batch_tokens
         if threads:
             torch.set_num_threads(threads)
@@ -77,11 +83,11 @@ class TorchEngine:
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path.parent), **kwargs)
         self.n_vocab = self.model.config.vocab_size
         self._hooks: dict[str, _LoraHook] = {}
-        layers = self.model.model.layers
+        layers, modules = self.model.model.layers, hf_modules(self.header.architecture)
         for name in self.header.tensors:
             m = TARGET_NAME.match(name)
-            if m and m.group(2) in HF_MODULES:
-                module = layers[int(m.group(1))].get_submodule(HF_MODULES[m.group(2)])
+            if m and m.group(2) in modules:
+                module = layers[int(m.group(1))].get_submodule(modules[m.group(2)])
                 hook = self._hooks[name] = _LoraHook()
                 module.register_forward_hook(hook)
 
