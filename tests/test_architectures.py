@@ -299,8 +299,8 @@ def _gguf(path: Path, arch: str, tensors: dict[str, tuple[int, ...]]) -> Path:
 
 def _train(work: Path, model_path: Path, out: Path, *extra: str | Path) -> tuple[int, str]:
     code, _, err = cli("train", "--model", model_path, "--data", work / "train.jsonl", "--label-words",
-                       "0=bad,1=good", "--steps", "1", "--eval-every", "0", "--threads", "1", "--out", out,
-                       *extra)
+                       "0=bad,1=good", "--steps", "1", "--batch-size", "4", "--eval-every", "0",
+                       "--threads", "1", "--out", out, *extra)
     return code, err.strip().splitlines()[-1]
 
 

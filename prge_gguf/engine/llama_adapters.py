@@ -21,6 +21,7 @@ sources named `<weight>.lora_a` / `.lora_b`, checked against the expected types 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,7 @@ class ResidentAdapter:
     def _place(self, tensors: dict[str, int]) -> None:
         """Spans over `tensors` (name -> ggml_tensor *), one a backend buffer, with host images
         of the loaded values."""
+        shapes = _shapes(self.layout)
         by_buffer: dict[int, dict[str, _GgmlTensor]] = {}
         for name, ptr in tensors.items():
             t = ctypes.cast(ptr, ctypes.POINTER(_GgmlTensor)).contents
@@ -146,7 +148,7 @@ class ResidentAdapter:
         self._ctx = _ggml_init(_GgmlInitParams(_tensor_overhead() * len(by_buffer), None, True))
         for buffer, members in by_buffer.items():
             start = min(t.data for t in members.values())
-            end = max(t.data + 4 * t.ne[0] * t.ne[1] for t in members.values())
+            end = max(t.data + 4 * math.prod(shapes[name]) for name, t in members.items())
             span = _new_tensor_1d(self._ctx, _GGML_TYPE_F32, (end - start) // 4)
             if _tensor_alloc(buffer, span, start) != 0:
                 raise PrgeError("ggml could not place a tensor on the loaded adapter's buffer")
@@ -154,7 +156,7 @@ class ResidentAdapter:
             slots = {}
             for name, t in members.items():
                 offset = (t.data - start) // 4
-                slots[name] = image[offset:offset + t.ne[0] * t.ne[1]].reshape(t.ne[1], t.ne[0])
+                slots[name] = image[offset:offset + math.prod(shapes[name])].reshape(shapes[name])
                 weight, kind = name.rsplit(".", 1)
                 slots[name][...] = (self._loaded.a if kind == "lora_a" else self._loaded.b)[weight]
             self._spans.append(_Span(span, image, slots))
@@ -200,23 +202,30 @@ def locate_tensors(model: ll.llama_model_p, residents: list[ResidentAdapter]) ->
         ll.llama_free(ctx)
 
 
+def _shapes(adapter_layout: tuple) -> dict[str, tuple[int, ...]]:
+    """`<weight>.lora_a` / `.lora_b` -> numpy shape, of an adapter layout (`layout`)."""
+    return {f"{name}.{kind}": shape for name, a_shape, b_shape in adapter_layout[2]
+            for kind, shape in (("lora_a", a_shape), ("lora_b", b_shape))}
+
+
 def _checked(found: dict[str, int], adapter_layout: tuple) -> dict[str, int]:
     """The tensors of `adapter_layout`, each float32 and contiguous of the expected shape; a
     PrgeError naming every one that is missing or unlike."""
     problems, tensors = [], {}
-    for name, a_shape, b_shape in adapter_layout[2]:
-        for kind, shape in (("lora_a", a_shape), ("lora_b", b_shape)):
-            key = f"{name}.{kind}"
-            ptr = found.get(key)
-            if ptr is None:
-                problems.append(f"{key} not in the graph")
-                continue
-            t = ctypes.cast(ptr, ctypes.POINTER(_GgmlTensor)).contents
-            # ggml lists dimensions innermost first: numpy (rows, cols) is ne = (cols, rows).
-            if (t.type, t.ne[0], t.ne[1], t.nb[1]) != (_GGML_TYPE_F32, shape[1], shape[0], 4 * shape[1]):
-                problems.append(f"{key} is type {t.type} of {t.ne[0]} x {t.ne[1]}, expected "
-                                f"float32 {shape[1]} x {shape[0]}")
-            tensors[key] = ptr
+    for key, shape in _shapes(adapter_layout).items():
+        ptr = found.get(key)
+        if ptr is None:
+            problems.append(f"{key} not in the graph")
+            continue
+        t = ctypes.cast(ptr, ctypes.POINTER(_GgmlTensor)).contents
+        # ggml lists dimensions innermost first: numpy (experts, rows, cols) is ne = (cols, rows,
+        # experts, 1); contiguous float32 has strides 4, 4 cols, 4 cols rows, ...
+        ne = tuple(reversed(shape)) + (1,) * (4 - len(shape))
+        strides = tuple(4 * math.prod(ne[:k]) for k in range(4))
+        if (t.type, tuple(t.ne), tuple(t.nb)) != (_GGML_TYPE_F32, ne, strides):
+            problems.append(f"{key} is type {t.type} of {' x '.join(map(str, t.ne[:len(shape)]))}, "
+                            f"expected float32 {' x '.join(map(str, ne[:len(shape)]))}")
+        tensors[key] = ptr
     if problems:
         raise PrgeError("cannot overwrite the loaded adapter in place: " + "; ".join(problems[:5])
                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
