@@ -74,11 +74,22 @@ def test_setup_commands_are_verbatim_and_ci_runs_command_2():
     assert COMMAND_2 in ci
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings."""
+    heads = re.findall(r"^#+ (.*)$", page.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_relative_links_in_readme_and_docs_exist():
     pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
     missing = []
     for page in pages:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
-            if "://" not in target and not (page.parent / target).exists():
+        for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text(encoding="utf-8")):
+            path = page.parent / target
+            if "://" in target:
+                continue
+            if not path.exists():
                 missing.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                missing.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert not missing, missing
