@@ -1,12 +1,11 @@
-"""Command line: argument parsing and wiring only. Defaults live in TrainConfig."""
+"""Command line: argument parsing and wiring only. Training runs through `job.run_training` with
+settings that `settings.resolve` makes; defaults live in TrainConfig and `settings`."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,27 +13,16 @@ from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.lora import ALL_TARGETS, DEFAULT_TARGETS, base_fingerprint, target_shapes
-from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, architecture_defaults
-
-# The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
-# --n-ctx say otherwise.
-MAX_N_CTX = 1024
-# The most tokens train fits its decodes to. A decode attends over all its tokens (its sequences
-# masked from one another), so a smaller one spends less on attention and more on passes over the
-# weights. On this 2-core CPU, RTE at batch 16 stepped 4-11% faster at 320-768 tokens than at 1024
-# (bench/decode_size_cpu.md); on an H100 at batch 64, 1536 or 2048 stepped 10-28% faster than the
-# fits up to 4096 on RTE, CB, WiC and COPA, 1536 as fast as 2048 or faster (bench/NOTES.md, session 12).
-CPU_MAX_N_CTX = 768
-GPU_MAX_N_CTX = 1536
-# On a GPU, P-RGE's defaults change: a step's decodes take about as long at 64 examples as at 16,
-# and at 16 the estimate's noise is mostly the minibatch's (bench/grad_noise.md), so a larger
-# batch is accuracy almost for free (bench/sweeps/batch-gpu.md: SST-2 validation 0.77 -> 0.82 in
-# the same minutes).
-GPU_ZO_BATCH = 64
-DEFAULT_TEMPLATE = "{text}"
-_CFG_FLAGS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
-              "estimator", "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every",
-              "eval_size", "checkpoint_every", "early_stop")
+from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS
+from prge_gguf.settings import (
+    CPU_MAX_N_CTX,
+    DEFAULTS,
+    GPU_MAX_N_CTX,
+    GPU_ZO_BATCH,
+    MAX_N_CTX,
+    SETTINGS,
+    resolve,
+)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -170,337 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_path(arg: str | None) -> Path:
-    from prge_gguf.models import model_path
-
-    return model_path(arg)
-
-
-def _open_engine(args: argparse.Namespace):
-    n_ctx = args.n_ctx or MAX_N_CTX
-    if args.engine == "torch":
-        from prge_gguf.engine.torch_engine import TorchEngine
-
-        return TorchEngine(_model_path(args.model), device=args.device, n_ctx=n_ctx, threads=args.threads)
-    from prge_gguf.engine.llama import LlamaEngine
-
-    return LlamaEngine(_model_path(args.model), n_ctx=n_ctx, threads=args.threads,
-                       n_gpu_layers=args.n_gpu_layers, parallel=getattr(args, "parallel", None))
-
-
-def _on_gpu(args: argparse.Namespace) -> bool:
-    """Whether the engine computes on a GPU: llama.cpp with layers offloaded, torch off the CPU."""
-    if args.engine == "torch":
-        return args.device != "cpu"
-    return args.n_gpu_layers != 0
-
-
-def _task(args: argparse.Namespace):
-    """The built-in task of --task, or one made of --template and --label-words; either flag
-    given with --task replaces that part of the task."""
-    from prge_gguf.data import check_template, parse_label_words, unescape_template
-    from prge_gguf.tasks import Task, builtin_task
-
-    if not (args.task or args.data):
-        raise PrgeError("pass --task NAME or --data FILE")
-    label_words = parse_label_words(args.label_words) if args.label_words else None
-    template = check_template(unescape_template(args.template)) if args.template else None
-    if not args.task:
-        return Task("custom", template or DEFAULT_TEMPLATE, label_words,
-                    classify=bool(template or label_words))
-    task = builtin_task(args.task)
-    if template:
-        task = dataclasses.replace(task, template=template)
-    return dataclasses.replace(task, label_words=label_words) if label_words else task
-
-
-def _data_files(args: argparse.Namespace, task) -> dict[str, Path | None]:
-    """train / valid / test files: --data FILE or a --data DIR holding {train,valid,test}.jsonl
-    (MLX-LM's layout), else the task's shipped files; --valid overrides."""
-    files: dict[str, Path | None] = {"train": task.train_file, "valid": task.dev_file, "test": None}
-    if args.data and Path(args.data).is_dir():
-        folder = Path(args.data)
-        files = {k: folder / f"{k}.jsonl" if (folder / f"{k}.jsonl").is_file() else None for k in files}
-        if files["train"] is None:
-            raise PrgeError(f"{folder}: no train.jsonl in this data folder")
-    elif args.data:
-        files["train"] = Path(args.data)
-    if args.valid:
-        files["valid"] = Path(args.valid)
-    return files
-
-
-def _datasets(args: argparse.Namespace):
-    """(train examples, held-out examples) from --task and/or --data/--valid."""
-    task = _task(args)
-    files = _data_files(args, task)
-    if files["train"] is None:
-        raise PrgeError(f"--task {task.name} ships no data: pass --data TRAIN.jsonl (and --valid)")
-    held_out = files["valid"]
-    return task.examples(files["train"]), task.examples(held_out) if held_out else []
-
-
-_SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
-                "truncate", "engine", "adapter")
-# Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-_DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64,
-             "engine": "llama", "device": "cpu"}
-# Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
-_MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
-_FILE_KEYS = (*_CFG_FLAGS, *_SOURCE_KEYS, "out", *_MACHINE_KEYS)
-
-
-def _tokenize_all(engine, examples: list, args: argparse.Namespace) -> list:
-    """Tokenize; sequences over --max-seq-len stop with an error naming the record, or are cut."""
-    from prge_gguf.data import fit_length
-    from prge_gguf.tasks import tokenize
-
-    max_len = args.max_seq_len or engine.n_ctx
-    if max_len > engine.n_ctx:
-        raise PrgeError(f"--max-seq-len {max_len} is larger than --n-ctx {engine.n_ctx}")
-    out, cut = [], 0
-    for ex in examples:
-        tok = tokenize(engine, ex)
-        if tok.longest > max_len:
-            if not args.truncate:
-                raise PrgeError(f"{tok.place}: {tok.longest} tokens, more than --max-seq-len {max_len} "
-                                "(pass --truncate to cut such sequences, or raise --max-seq-len/--n-ctx)")
-            tok, cut = fit_length(tok, max_len), cut + 1
-        out.append(tok)
-    if cut:
-        print(f"warning: cut {cut} of {len(examples)} examples to {max_len} tokens (--truncate)",
-              file=sys.stderr)
-    return out
-
-
-def _describe(m: dict) -> str:
-    acc = f"accuracy {m['accuracy']:.4f}, " if m["accuracy"] is not None else ""
-    picks = f" (predicted options: {' / '.join(map(str, m['predicted']))})" if m["predicted"] else ""
-    return f"{acc}loss {m['loss']:.4f} on {m['n']} examples{picks}"
-
-
-def _check_base(adapter, header, path: str) -> None:
-    """Refuse an adapter whose recorded base-model fingerprint is not this model's, or (adapters
-    from elsewhere record none) whose tensors do not fit this model's weights."""
-    base = base_fingerprint(header)
-    if adapter.architecture != header.architecture:
-        raise PrgeError(f"{path}: adapter is for a {adapter.architecture} model, this model is "
-                        f"{header.architecture}: an adapter for another model")
-    if adapter.fingerprint and adapter.fingerprint != base:
-        raise PrgeError(f"{path}: adapter was trained for another base model "
-                        f"(fingerprint {adapter.fingerprint}, this model {base})")
-    for name in adapter.names:
-        info = header.tensors.get(name)
-        # (out, in) or (experts, out, in), as the header's shape
-        needs = (*adapter.b[name].shape[:-1], adapter.a[name].shape[-1])
-        if info is None or tuple(info.shape) != needs:
-            has = f"shape {tuple(info.shape)}" if info else "no such weight"
-            raise PrgeError(f"{path}: adapter tensor {name} needs a weight of shape {needs}, this model "
-                            f"has {has}: an adapter for another model")
-
-
-def _read_adapter(path: str, header):
-    """A GGUF LoRA adapter file or a PEFT folder (read for the model of `header`), checked
-    against that model."""
-    from converters.peft import from_peft
-    from prge_gguf.lora import read_gguf
-
-    if Path(path).is_dir():
-        n_head, n_head_kv = header.head_counts
-        adapter = from_peft(path, architecture=header.architecture, n_head=n_head, n_head_kv=n_head_kv,
-                            fused_qkv=any(n.endswith(".attn_qkv.weight") for n in header.tensors))
-    else:
-        adapter = read_gguf(path)
-    _check_base(adapter, header, path)
-    return adapter
-
-
-def _start_adapter(path: str, header, overrides: dict):
-    """The adapter `train --adapter` starts from; its shape settings are its own, not flags'."""
-    shape_flags = ("rank", "alpha", "targets", "num_layers")
-    if given := [f"--{f.replace('_', '-')}" for f in shape_flags if f in overrides]:
-        raise PrgeError(f"--adapter {path} sets the rank, alpha, targets and blocks: drop {', '.join(given)}")
-    return _read_adapter(path, header)
-
-
-# What a resumed run keeps from its start; --steps may change (it extends the run), and where it
-# computes (_MACHINE_KEYS) may too.
-_RUN_KEYS = (*(f for f in _CFG_FLAGS if f != "steps"), *_SOURCE_KEYS)
-
-
-def _check_resume_flags(args: argparse.Namespace, saved: dict) -> None:
-    """Refuse a setting given with --resume that differs from the run's saved one, naming it."""
-    from prge_gguf.train import TrainConfig
-
-    if args.out:
-        raise PrgeError("--resume continues the run in its own folder: drop --out")
-    for key in _RUN_KEYS:
-        if key not in args.given:
-            continue
-        section = saved.get("train" if key in _CFG_FLAGS else "source", {})
-        # A key an older run did not record had its default then.
-        given, kept = getattr(args, key), section.get(key, getattr(TrainConfig, key, None))
-        if key == "model":
-            given, kept = str(_model_path(given)), str(kept)
-        if given != kept:
-            flag = "--" + key.replace("_", "-")
-            raise PrgeError(f"{flag}: a resumed run keeps its saved setting ({kept!r}); drop {flag}, "
-                            "or start a new run with --out")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """`prge-gguf train`: a new run in --out, or --resume one."""
-    from prge_gguf.distributed import Workers
-
-    workers = Workers.join() if args.distributed else Workers()
-    try:
-        return _train_as(workers, args)
-    finally:
-        workers.close()
-
-
-def _train_as(workers, args: argparse.Namespace) -> int:
-    """`prge-gguf train` on one rank (of one, or of a distributed job); rank 0 writes the run."""
-    from converters.peft import peft_unnamed
-    from prge_gguf.data import decode_size
-    from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import check_rank, default_targets, init_lora_fa, num_layers_of, untargeted
-    from prge_gguf.memory import check_fits, train_bytes
-    from prge_gguf.outputs import check_run_folder
-    from prge_gguf.run_dir import RunDir
-    from prge_gguf.train import TrainConfig, config_record, evaluate, train
-
-    say = print if workers.is_main else lambda *a, **k: None
-    if args.resume:
-        if args.adapter:
-            raise PrgeError("--resume continues a run from its checkpoint; --adapter starts a new one: "
-                            "drop one of them")
-        _check_resume_flags(args, RunDir.saved_config(Path(args.resume)))  # before the folder is touched
-        run, saved, start_step, adapter, optimizer_state = RunDir.open_resume(
-            Path(args.resume), writable=workers.is_main)
-        if "steps" in args.given and args.steps < start_step:
-            raise PrgeError(f"--steps {args.steps}: the run's checkpoint is at step {start_step} already")
-        if "steps" in args.given and args.steps != saved["train"]["steps"]:
-            saved["train"]["steps"] = args.steps
-            run.rewrite_config(saved)
-        cfg = TrainConfig(**saved["train"])
-        vars(args).update(saved["source"])
-    else:
-        if not args.out:
-            raise PrgeError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-        # Fail before the model loads.
-        check_run_folder(args.out, force=args.force,
-                         inputs=(args.adapter, args.data, args.valid, getattr(args, "config", None)))
-        overrides = {f: getattr(args, f) for f in _CFG_FLAGS if getattr(args, f) is not None}
-        header = read_header(_model_path(args.model))
-        optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        tuned = architecture_defaults(header.architecture, optimizer) | {"targets": default_targets(header)}
-        if _on_gpu(args) and optimizer in ZEROTH_ORDER:
-            tuned["batch_size"] = GPU_ZO_BATCH
-        adapter = _start_adapter(args.adapter, header, overrides) if args.adapter else None
-        if adapter is not None:
-            overrides |= {"rank": adapter.rank, "alpha": adapter.alpha, "targets": adapter.targets,
-                          "num_layers": num_layers_of(adapter, header)}
-        cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
-        shapes = check_rank(header, cfg.targets, cfg.rank, cfg.num_layers)
-        n_ctx = args.n_ctx or (GPU_MAX_N_CTX if _on_gpu(args) else CPU_MAX_N_CTX)
-        check_fits(train_bytes(header, shapes, cfg.rank, cfg.q, n_ctx))
-    if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
-        raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
-                        + " or ".join(ZEROTH_ORDER))
-    if workers.size > 2 * cfg.q:
-        say(f"warning: {workers.size} ranks share {2 * cfg.q} perturbations a step; ranks "
-            f"{2 * cfg.q}..{workers.size - 1} only evaluate (raise --q to use them)", file=sys.stderr)
-    train_ex, eval_ex = _datasets(args)
-    if cfg.batch_size > len(train_ex):
-        raise PrgeError(f"--batch-size {cfg.batch_size} is more than the {len(train_ex)} training examples: "
-                        f"lower it (at most {len(train_ex)})")
-    with _open_engine(args) as engine:
-        # Everything that can fail on input happens before the run folder is made.
-        if cfg.optimizer not in ZEROTH_ORDER and not hasattr(engine, "loss_gradient"):
-            raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
-        if adapter is None:
-            adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)
-        elif args.resume:
-            _check_base(adapter, engine.header, args.resume)
-        if others := untargeted(engine.header):
-            say(f"note: the adapter covers {', '.join(adapter.targets)}; not {', '.join(others)}",
-                file=sys.stderr)
-        if unnamed := peft_unnamed(adapter):
-            more = f" (and {len(unnamed) - 1} more)" if len(unnamed) > 1 else ""
-            say(f"warning: no PEFT module for {unnamed[0]}{more}: this run writes adapter.gguf only, "
-                "no peft/ folder ('prge-gguf export' cannot convert it either)", file=sys.stderr)
-        train_tok = _tokenize_all(engine, train_ex, args)
-        eval_tok = _tokenize_all(engine, eval_ex, args)
-        if not args.n_ctx:  # before the first decode: the KV cache is sized by it
-            cap = GPU_MAX_N_CTX if _on_gpu(args) else CPU_MAX_N_CTX
-            engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, cap))
-        if args.adapter and not args.resume:
-            # The engine checks an adapter fully only when it first applies it (llama.cpp, e.g., takes
-            # token_embd in another layout): one example now, so that a refusal leaves no run folder.
-            engine.score(train_tok[0].requests, [(adapter, 1.0)])
-        if run is None:
-            source = {k: getattr(args, k) for k in _SOURCE_KEYS} | {"model": str(engine.model_path)}
-            record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,
-                                   machine={k: getattr(args, k) for k in _MACHINE_KEYS}, version=__version__)
-            run = RunDir.open_new(Path(args.out), record, adapter) if workers.is_main \
-                else RunDir(Path(args.out), writable=False)
-        if not eval_tok:
-            say("note: no held-out data (--valid): no evaluation during training, and no best.gguf",
-                file=sys.stderr)
-        t0 = time.perf_counter()
-
-        def on_eval(step: int, m: dict) -> None:
-            from tqdm import tqdm
-
-            if workers.is_main:
-                tqdm.write(f"step {step}: eval {_describe(m)}")
-
-        try:
-            adapter = train(engine, adapter, train_tok, eval_tok, cfg, run, on_eval, start_step, workers,
-                            optimizer_state)
-            train_s = time.perf_counter() - t0
-            if eval_tok:
-                final = evaluate(engine, eval_tok, adapter, cfg.loss, workers)
-                run.metrics({"step": cfg.steps, "final_eval_loss": final["loss"],
-                             "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
-                             "train_s": train_s})
-                say(f"final: eval {_describe(final)}; training took {train_s:.0f} s")
-            peft = None if unnamed else run.save_peft(adapter, engine.header)
-        finally:
-            run.close()
-    also = f" and {peft} (PEFT)" if peft else ""
-    say(f"adapter written to {run.path / 'adapter.gguf'} (llama.cpp){also}")
-    return 0
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """`prge-gguf eval`: loss and accuracy of the model, with or without an adapter."""
-    from prge_gguf.train import evaluate
+    from prge_gguf.api import _EVAL_SETTINGS, evaluate
+    from prge_gguf.inputs import describe
 
-    task = _task(args)
-    files = _data_files(args, task)
-    # --valid, else a data folder's test (or valid) split, else the --data file, else the task's dev set.
-    if args.valid or not args.data:
-        source = files["valid"]
-    elif Path(args.data).is_dir():
-        source = files["test"] or files["valid"]
-    else:
-        source = files["train"]
-    if source is None:
-        raise PrgeError(f"--task {task.name} ships no data: pass --data FILE to evaluate")
-    examples = task.examples(Path(source))
-    if args.limit:
-        examples = examples[: args.limit]
-    with _open_engine(args) as engine:
-        adapter = _read_adapter(args.adapter, engine.header) if args.adapter else None
-        t0 = time.perf_counter()
-        m = evaluate(engine, _tokenize_all(engine, examples, args), adapter, args.loss)
-        m["seconds"] = time.perf_counter() - t0
+    m = evaluate(**{k: getattr(args, k) for k in _EVAL_SETTINGS})
     if args.json:
         print(json.dumps(m))
     else:
-        print(f"{_describe(m)}, {m['seconds']:.1f} s")
+        print(f"{describe(m)}, {m['seconds']:.1f} s")
     return 0
 
 
@@ -509,8 +176,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from converters.peft import hf_modules, peft_targets
     from prge_gguf.gguf_header import read_header
     from prge_gguf.lora import default_targets, model_targets, untargeted
+    from prge_gguf.models import model_path
 
-    path = _model_path(args.model)
+    path = model_path(args.model)
     h = read_header(path)
     md = h.metadata
     arch = h.architecture
@@ -563,12 +231,13 @@ def _adapter_info(path: Path) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """`prge-gguf generate`: greedy completions, as a sanity check of an adapter."""
     from prge_gguf.data import unescape_template
+    from prge_gguf.inputs import open_engine, read_adapter
     from prge_gguf.lm_data import generation_prompt
 
     if args.engine != "llama":
         raise PrgeError("generate runs on the llama engine (drop --engine torch)")
-    with _open_engine(args) as engine:
-        adapters = [(_read_adapter(args.adapter, engine.header), 1.0)] if args.adapter else []
+    with open_engine(args) as engine:
+        adapters = [(read_adapter(args.adapter, engine.header), 1.0)] if args.adapter else []
         for prompt in map(unescape_template, args.prompt):
             if args.chat:
                 if not engine.chat_template:
@@ -586,16 +255,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     """`prge-gguf export`: GGUF adapter <-> PEFT folder, or merged into the base model."""
     from converters.peft import to_peft_for
     from prge_gguf.gguf_header import read_header
+    from prge_gguf.inputs import read_adapter
     from prge_gguf.lora import write_gguf
+    from prge_gguf.models import model_path
     from prge_gguf.outputs import check_output_file, check_output_folder, replace_folder
 
-    header = read_header(_model_path(args.model))
+    header = read_header(model_path(args.model))
     inputs = (args.adapter, header.path)
     if args.to in ("peft", "ollama"):
         out = check_output_folder(args.out, force=args.force, inputs=inputs)
     else:
         out = check_output_file(args.out, force=args.force, inputs=inputs)
-    adapter = _read_adapter(args.adapter, header)
+    adapter = read_adapter(args.adapter, header)
     try:
         if args.to == "peft":
             replace_folder(out, lambda tmp: to_peft_for(adapter, tmp, header))
@@ -638,24 +309,22 @@ def _fill_unset(args: argparse.Namespace, values: dict) -> None:
             setattr(args, key, value)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """`prge-gguf train`: a new run in --out, or --resume one."""
+    from prge_gguf.job import run_training
+
+    run_training(resolve({k: getattr(args, k) for k in SETTINGS}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `prge-gguf`; user errors print one line and exit with code 2."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
                "generate": cmd_generate, "export": cmd_export}[args.command]
     try:
-        if getattr(args, "config", None):
-            from prge_gguf.config_file import load_config_file
-
-            _fill_unset(args, load_config_file(args.config, _FILE_KEYS))
-        # What the user set (flags and --config), before saved and default values fill the rest.
-        args.given = frozenset(k for k, v in vars(args).items() if v is not None and v is not False)
-        if getattr(args, "resume", None):
-            from prge_gguf.run_dir import RunDir
-
-            saved = RunDir.saved_machine(Path(args.resume))
-            _fill_unset(args, {k: v for k, v in saved.items() if k in _MACHINE_KEYS})
-        _fill_unset(args, _DEFAULTS)
+        if args.command != "train":  # train's settings resolve in `settings.resolve`
+            _fill_unset(args, DEFAULTS)
         return handler(args)
     except PrgeError as exc:
         # One line, whatever a message quotes from the input (a value with a newline in it).

@@ -90,6 +90,15 @@ class LoraAdapter:
         """The projections it adapts (attn_q, attn_v, ...), as --targets names them."""
         return sorted({m.group(2) for n in self.names if (m := TARGET_NAME.match(n))})
 
+    @classmethod
+    def load(cls, path: str | Path) -> LoraAdapter:
+        """The adapter of a llama.cpp LoRA GGUF file (`read_gguf`)."""
+        return read_gguf(path)
+
+    def save(self, path: str | Path) -> None:
+        """Write the adapter as a llama.cpp LoRA GGUF file (`write_gguf`), atomically."""
+        write_gguf(self, path)
+
     def with_b(self, b: dict[str, np.ndarray]) -> LoraAdapter:
         """The same adapter (A shared, not copied) with new B tensors."""
         return LoraAdapter(self.architecture, self.alpha, self.a, b, self.fingerprint)

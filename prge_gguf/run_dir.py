@@ -56,6 +56,7 @@ class RunDir:
         self._evals = evals or []
         self._committed: set[str] = set()  # the files checkpoint.json names now
         self.checkpoint_step: int | None = None  # the step checkpoint.json names now
+        self.on_row: Callable[[dict], None] | None = None  # also gets every metrics row
         self._metrics = None
         self._tensorboard = None  # made at the first metrics row: a run's folder holds config.json first
 
@@ -130,6 +131,8 @@ class RunDir:
         mirror its numbers to TensorBoard when tensorboardX is installed."""
         if "eval_loss" in row:
             self._evals.append(row)
+        if self.on_row is not None:
+            self.on_row(dict(row))
         if not self.writable:
             return
         self._metrics.write(json.dumps(row) + "\n")

@@ -253,12 +253,15 @@ def test_gemma_without_its_package(capsys, tmp_path, monkeypatch):
 
 
 def test_distributed_first_order_is_refused_before_anything_is_written(tmp_path):
-    from prge_gguf.cli import _train_as, build_parser
+    from prge_gguf.cli import build_parser
     from prge_gguf.distributed import Workers
     from prge_gguf.errors import PrgeError
+    from prge_gguf.job import _train_as
+    from prge_gguf.settings import SETTINGS, resolve
 
-    args = build_parser().parse_args(["train", "--task", "sst2", "--optimizer", "adam", "--out",
-                                      str(tmp_path / "run"), "--distributed"])
+    parsed = build_parser().parse_args(["train", "--task", "sst2", "--optimizer", "adam", "--out",
+                                        str(tmp_path / "run"), "--distributed"])
+    args = resolve({k: getattr(parsed, k) for k in SETTINGS})
     expected = r"^--distributed shares P-RGE's loss values: use --optimizer zo or zo-momentum or zo-adam$"
     with pytest.raises(PrgeError, match=expected):
         _train_as(Workers(rank=0, size=2), args)

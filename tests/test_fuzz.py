@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from prge_gguf import cli
+from prge_gguf import cli, job
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import init_lora_fa, write_gguf
@@ -56,7 +56,7 @@ def _fuzz(capsys, path, raw, argv, seed):
 
 
 def test_corrupt_jsonl(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_open_engine", _stop_at_the_engine)
+    monkeypatch.setattr(job, "open_engine", _stop_at_the_engine)
     data = tmp_path / "train.jsonl"
     raw = "".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(6)).encode()
     _fuzz(capsys, data, raw, ["train", "--data", data, "--label-words", "0=bad,1=good", "--batch-size", 2,
@@ -65,7 +65,7 @@ def test_corrupt_jsonl(capsys, tmp_path, monkeypatch):
 
 
 def test_corrupt_yaml_config(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_open_engine", _stop_at_the_engine)
+    monkeypatch.setattr(job, "open_engine", _stop_at_the_engine)
     config = tmp_path / "run.yaml"
     raw = b"task: sst2\nsteps: 20\nlr: 0.02\nbatch_size: 4\ntargets: [attn_q, attn_v]\nrank: 4\nseed: 3\n"
     _fuzz(capsys, config, raw, ["train", "--config", config, "--out", tmp_path / "run"], seed=2)

@@ -155,19 +155,19 @@ def test_the_first_signal_only_asks_the_loop_to_stop():
 
 def test_resume_keeps_where_the_run_computed_unless_told_otherwise(tmp_path, monkeypatch):
     # A run started with --n-gpu-layers -1 and resumed without it must not fall back to the CPU.
-    from prge_gguf import cli
+    from prge_gguf import job
 
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "good", "label": 1}\n')
     out = tmp_path / "run"
     opened = []
-    real_open = cli._open_engine
+    real_open = job.open_engine
 
     def record_open(args):
         opened.append((args.threads, args.n_gpu_layers, args.device))
         return real_open(args)
 
-    monkeypatch.setattr(cli, "_open_engine", record_open)
+    monkeypatch.setattr(job, "open_engine", record_open)
     assert main(["train", "--task", "sst2", "--valid", str(valid), "--steps", "2", "--batch-size", "2",
                  "--targets", "attn_v", "--checkpoint-every", "1", "--eval-every", "0", "--threads", "1",
                  "--n-gpu-layers", "-1", "--out", str(out)]) == 0  # on a CPU build: no layers to offload

@@ -57,7 +57,8 @@ def test_task_without_data_needs_data(capsys):
 
 
 def test_template_and_label_words_replace_the_tasks():
-    from prge_gguf.cli import _task, build_parser
+    from prge_gguf.cli import build_parser
+    from prge_gguf.inputs import task_of as _task
 
     args = build_parser().parse_args(["eval", "--task", "sst2", "--template", r"Review: {text}\nSentiment:",
                                       "--label-words", "0=negative,1=positive"])

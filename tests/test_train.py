@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_minibatch_loss_goes_down_on_real_data(engine, tmp_path):
     # MeZO's prompt: SmolLM2 gives nearly every row one label, so 12 steps have a loss to lower
-    # (sst2's prompt starts close to its optimum on these rows: bench/NOTES.md).
+    # (sst2's prompt starts close to its optimum on these rows: docs/design.md, Defaults).
     task = builtin_task("sst2-mezo")
     batch = [tokenize_example(engine, e) for e in task.examples(task.train_file)[:8]]
     # Every step sees the same 8 examples, so the minibatch loss is the training objective.
@@ -189,7 +189,7 @@ def test_num_layers_puts_the_adapter_on_the_last_blocks(tmp_path, capsys):
 
 
 def test_p_rge_on_a_gpu_takes_a_larger_batch_unless_told(tmp_path):
-    from prge_gguf.cli import GPU_ZO_BATCH
+    from prge_gguf.settings import GPU_ZO_BATCH
 
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "superb", "label": 1}\n')

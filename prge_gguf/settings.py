@@ -1,0 +1,125 @@
+"""The settings of a training job, resolved in one place: what the caller gave (command-line flags
+or `finetune` arguments) over a `--config` file over a resumed run's saved machine settings over
+the defaults. Training defaults themselves live in `train.TrainConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from prge_gguf.errors import PrgeError
+
+# The context of eval and generate, and the longest sequence allowed unless --max-seq-len or
+# --n-ctx say otherwise.
+MAX_N_CTX = 1024
+# The most tokens train fits its decodes to. A decode attends over all its tokens (its sequences
+# masked from one another), so a smaller one spends less on attention and more on passes over the
+# weights. On this 2-core CPU, RTE at batch 16 stepped 4-11% faster at 320-768 tokens than at 1024
+# (bench/decode_size_cpu.md); on an H100 at batch 64, 1536 or 2048 stepped 10-28% faster than the
+# fits up to 4096 on RTE, CB, WiC and COPA, 1536 as fast as 2048 or faster
+# (bench/sweeps/decode-size-h100.md).
+CPU_MAX_N_CTX = 768
+GPU_MAX_N_CTX = 1536
+# On a GPU, P-RGE's defaults change: a step's decodes take about as long at 64 examples as at 16,
+# and at 16 the estimate's noise is mostly the minibatch's (bench/grad_noise.md), so a larger
+# batch is accuracy almost for free (bench/sweeps/batch-gpu.md: SST-2 validation 0.77 -> 0.82 in
+# the same minutes).
+GPU_ZO_BATCH = 64
+DEFAULT_TEMPLATE = "{text}"
+TRAIN_KEYS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
+              "estimator", "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every",
+              "eval_size", "checkpoint_every", "early_stop")
+# Where a run's data and model come from: saved with it, and a resumed run keeps them.
+SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
+               "truncate", "engine", "adapter")
+# Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
+DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64, "engine": "llama", "device": "cpu"}
+# Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
+MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
+FILE_KEYS = (*TRAIN_KEYS, *SOURCE_KEYS, "out", *MACHINE_KEYS)
+
+@dataclass
+class Settings:
+    """A training job: where its data and model come from, where it computes and writes, and its
+    training settings (None: TrainConfig's default, or the architecture's). `given` names what the
+    caller set (flags, arguments or the config file), which a resumed run checks against its own."""
+
+    # data
+    task: str | None = None
+    data: str | None = None
+    valid: str | None = None
+    template: str | None = None
+    label_words: str | None = None
+    # model and machine
+    model: str | None = None
+    engine: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    n_gpu_layers: int | None = None
+    parallel: int | None = None
+    n_ctx: int | None = None
+    max_seq_len: int | None = None
+    truncate: bool | None = None
+    # the run
+    out: str | None = None
+    force: bool = False
+    config: str | None = None
+    resume: str | None = None
+    adapter: str | None = None
+    distributed: bool = False
+    # training: TrainConfig's fields
+    steps: int | None = None
+    batch_size: int | None = None
+    q: int | None = None
+    eps: float | None = None
+    lr: float | None = None
+    lr_schedule: str | None = None
+    weight_decay: float | None = None
+    loss: str | None = None
+    optimizer: str | None = None
+    estimator: str | None = None
+    train_a: bool | None = None
+    seed: int | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    targets: list[str] | None = None
+    num_layers: int | None = None
+    eval_every: int | None = None
+    eval_size: int | None = None
+    checkpoint_every: int | None = None
+    early_stop: int | None = None
+    given: frozenset[str] = field(default_factory=frozenset)
+
+    def training(self) -> dict[str, object]:
+        """The training settings that are set, as TrainConfig's keyword arguments."""
+        return {k: getattr(self, k) for k in TRAIN_KEYS if getattr(self, k) is not None}
+
+    def on_gpu(self) -> bool:
+        """Whether the engine computes on a GPU: llama.cpp with layers offloaded, torch off the CPU."""
+        if self.engine == "torch":
+            return self.device != "cpu"
+        return self.n_gpu_layers != 0
+
+
+SETTINGS = tuple(f.name for f in fields(Settings) if f.name != "given")
+
+
+def resolve(values: Mapping[str, object]) -> Settings:
+    """Settings from what the caller gave (None: not given), with the `config` file, a resumed
+    run's machine settings and the defaults filling the rest, in that order of precedence."""
+    if unknown := sorted(set(values) - set(SETTINGS)):
+        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(SETTINGS)})")
+    given = {k: v for k, v in values.items() if v is not None}
+    if given.get("config"):
+        from prge_gguf.config_file import load_config_file
+
+        given = load_config_file(str(given["config"]), FILE_KEYS) | given
+    chosen = frozenset(k for k, v in given.items() if v is not False)
+    if given.get("resume"):
+        from prge_gguf.run_dir import RunDir
+
+        saved = RunDir.saved_machine(Path(str(given["resume"])))
+        given = {k: v for k, v in saved.items() if k in MACHINE_KEYS} | given
+    defaults = {k: v for k, v in DEFAULTS.items() if k in SETTINGS}
+    return Settings(**(defaults | given), given=chosen)
