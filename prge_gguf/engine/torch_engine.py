@@ -61,7 +61,9 @@ class TorchEngine:
     """Scores sequences with transformers in fp32 (or the dtype given), padded to a batch."""
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu", n_ctx: int = 1024,
-                 threads: int | None = None, batch_tokens: int = 8192) -> None:
+                 threads: int | None = None, batch_tokens: int = 8192, dtype: str = "float32") -> None:
+        """The GGUF at `model_path` dequantized to `dtype` (float64 for checks that float32's
+        rounding would blur, e.g. finite differences) on `device`."""
         if torch is None:
             raise PrgeError("the torch engine needs: pip install 'prge-gguf[torch]'")
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,11 +77,12 @@ class TorchEngine:
             raise PrgeError(f"{self.model_path}: transformers cannot read the fused attn_qkv of a "
                             f"{arch} model (use --engine llama)")
         self.n_ctx, self.device, self._batch_tokens = n_ctx, torch.device(device), batch_tokens
+        self.dtype = getattr(torch, dtype)
         if threads:
             torch.set_num_threads(threads)
         kwargs = {"gguf_file": self.model_path.name}
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(self.model_path.parent), dtype=torch.float32, **kwargs).to(self.device).eval()
+            str(self.model_path.parent), dtype=self.dtype, **kwargs).to(self.device).eval()
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path.parent), **kwargs)
         self.n_vocab = self.model.config.vocab_size
         self._hooks: dict[str, _LoraHook] = {}
@@ -124,9 +127,9 @@ class TorchEngine:
                    for a in adapters[1:]):
                 raise PrgeError("score_each needs adapters that share A (LoRA-FA perturbations)")
             hook = self._hooks[name]
-            hook.a = torch.from_numpy(np.array(first.a[name])).to(self.device)
+            hook.a = torch.from_numpy(np.array(first.a[name])).to(self.device, self.dtype)
             stacked = np.stack([self._b_rows(name, a.b[name]) for a in adapters])
-            hook.b = torch.from_numpy(stacked).to(self.device)
+            hook.b = torch.from_numpy(stacked).to(self.device, self.dtype)
             hook.scale = first.alpha / first.rank
 
     def score(self, requests: Sequence[ScoreRequest], adapters: AdapterSet) -> list[list[np.ndarray]]:
@@ -171,10 +174,11 @@ class TorchEngine:
                     i += len(ex.requests)
                 mean = total / len(batch)
                 mean.backward()
-            grads = {f"{n}.lora_b": self._b_rows(n, h.b.grad[0].cpu().numpy(), back=True)
+            # Adapters are float32 whatever the model computes in.
+            grads = {f"{n}.lora_b": self._b_rows(n, h.b.grad[0].float().cpu().numpy(), back=True)
                      for n, h in hooks.items()}
             if train_a:  # A's columns are the input features: no row order to undo
-                grads |= {f"{n}.lora_a": h.a.grad.cpu().numpy() for n, h in hooks.items()}
+                grads |= {f"{n}.lora_a": h.a.grad.float().cpu().numpy() for n, h in hooks.items()}
             return float(mean.detach()), grads
         finally:
             self._install([])
