@@ -4,7 +4,7 @@ Each targeted weight is dequantized, W + (alpha/r) B A is added in float32, and
 the result is quantized again to `out_type`: Q8_0 by default, since re-quantizing
 to 4 bits adds more error than a LoRA update is worth (measured: SmolLM2 Q4_1,
 KL to base+adapter 0.07-0.09 nats at Q4_1, 0.003-0.016 at Q8_0, 0.002-0.007 at
-F16, against an adapter effect of 0.04-0.06; bench/NOTES.md). "base" keeps each
+F16, against an adapter effect of 0.04-0.06; docs/design.md, Decisions). "base" keeps each
 tensor's own type where the `gguf` package can write it. Everything else is
 copied byte for byte.
 """

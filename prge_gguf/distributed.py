@@ -6,7 +6,7 @@ are dealt out round-robin; each rank scores its own over the whole minibatch
 and the ranks all-reduce the 2q mean losses, each slot filled by one rank and
 zero elsewhere, so the sum is exact (x + 0 = x) and every rank applies the
 bit-identical update. The minibatch is not split: llama.cpp's logits depend on
-which sequences share a decode (bench/NOTES.md), and splitting it would make
+which sequences share a decode (docs/design.md, Decisions), and splitting it would make
 the result depend on the number of ranks.
 """
 

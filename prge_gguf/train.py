@@ -42,7 +42,7 @@ class TrainConfig:
     steps: int = 500
     batch_size: int = 16  # q * batch = 16 is the paper's budget at q = 1 (the CLI takes 64 on a GPU)
     q: int = 1  # queries (random directions) per step
-    eps: float = 5e-2  # perturbation size: above llama.cpp's numeric noise in the loss (bench/NOTES.md)
+    eps: float = 5e-2  # above llama.cpp's numeric noise in the loss (docs/design.md, Dead ends)
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     lr_schedule: str = "linear"  # "linear" (decay to 0 at the last step) or "constant"
     weight_decay: float = 0.0
@@ -54,7 +54,7 @@ class TrainConfig:
     rank: int = 8
     alpha: float = 16.0
     # attn_q + attn_v (MeZO's pair): as accurate as all seven projections in the tuning sweeps
-    # (bench/NOTES.md) with 1/6.75 of the trainable values, so P-RGE takes a larger lr and
+    # (docs/design.md, Defaults) with 1/6.75 of the trainable values, so P-RGE takes a larger lr and
     # llama.cpp's LoRA compute and adapter swaps shrink in a step.
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     num_layers: int = 0  # LoRA on the last num_layers blocks only (MLX-LM's --num-layers); 0 = all
@@ -162,7 +162,7 @@ def pair_loss_fn(
     def pair_loss(scaled: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         # One adapter per sign: B +/- eps z, all 2q handed to the engine at once. (Stacking B
         # and eps z as two adapters at scales 1 and +/-1 would save llama.cpp files, but it
-        # mis-applies two adapters on one weight: see bench/NOTES.md.)
+        # mis-applies two adapters on one weight: see docs/design.md, Dead ends.)
         signed = [(dz, sign) for dz in scaled for sign in (1, -1)]
         mine = workers.mine(len(signed))
 

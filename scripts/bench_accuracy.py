@@ -66,13 +66,13 @@ TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
-# Tokens a decode: train's fit (rows up to session 11 passed --n-ctx 4096; 1536, now train's GPU cap,
-# stepped 10-28% faster: bench/sweeps/decode-size-h100.md).
+# Tokens a decode: train's fit (its GPU cap, 1536, steps 10-28% faster than 4096:
+# bench/sweeps/decode-size-h100.md).
 _B64 = ["--q", "1", "--batch-size", "64"]
 METHODS = {
     "zo-q1": ["--q", "1", "--batch-size", "16"],
     "zo-q4": ["--q", "4", "--batch-size", "4"],
-    # On a GPU a larger batch costs little more time a step and cuts the estimate's noise (bench/NOTES.md).
+    # On a GPU a larger batch costs little more time a step and cuts the estimate's noise (docs/method.md).
     "zo-b64": _B64,
     # The baseline at its strongest: all seven projections (P-RGE's default is attn_q + attn_v).
     "fo": ["--engine", "torch", "--optimizer", "adam", "--batch-size", "16", "--targets", ",".join(TARGETS)],

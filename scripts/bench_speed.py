@@ -15,7 +15,7 @@ processes alternate over `--repeats` rounds, and each reports the median of its 
 - torch fo: a first-order LoRA step (backprop through the fp32 model).
 Contexts are sized as `prge-gguf train` sizes them (`data.decode_size`: a typical batch, here
 320 tokens). Adapters: LoRA-FA rank 8 on the default targets (attn_q, attn_v); variants ending
-in -all7 put it on all seven projections (the first-order baseline of bench/accuracy.md trains those).
+in -all7 put it on all seven projections (the first-order baseline of docs/benchmarks.md trains those).
 Models: the shipped SmolLM2-135M-Instruct Q4_1; the same re-quantized by llama.cpp's
 `llama_model_quantize` (allow_requantize: a Q4_1 source, labelled as such) to Q8_0, Q4_0 and
 F16; and random-weight GGUFs of real 360M and 1.1B shapes (prge_gguf/synthetic.py: for

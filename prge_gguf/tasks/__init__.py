@@ -65,7 +65,7 @@ def _copa(rec: dict) -> dict:
 
 
 BUILTIN = {
-    # Chosen on a tuning split of SST-2 train (bench/NOTES.md): zero-shot 0.80 there against 0.54
+    # Chosen on a tuning split of SST-2 train (docs/design.md, Defaults): zero-shot 0.80 there against 0.54
     # for MeZO's prompt, sst2-mezo.
     "sst2": Task("sst2", "Review: {text}\nSentiment:", {"0": "negative", "1": "positive"},
                  _DATA / "sst2" / "train.tsv", _DATA / "sst2" / "dev.tsv"),
