@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from prge_gguf.errors import PrgeError
-from prge_gguf.settings import DEFAULTS, resolve
+from prge_gguf.settings import resolve
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,7 @@ def evaluate(model: str | None = None, data: str | None = None, *, adapter: str 
 
     if unknown := sorted(set(settings) - set(_EVAL_SETTINGS)):
         raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(_EVAL_SETTINGS)})")
-    s = Namespace(**(dict.fromkeys(_EVAL_SETTINGS) | DEFAULTS))
-    for key, value in {"model": model, "data": data, "adapter": adapter, **settings}.items():
-        if value is not None:
-            setattr(s, key, value)
+    s = resolve({"model": model, "data": data, "adapter": adapter, **settings})
     examples = eval_examples(s)
     with open_engine(s) as engine:
         loaded = read_adapter(str(s.adapter), engine.header) if s.adapter else None

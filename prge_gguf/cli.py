@@ -313,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`prge-gguf train`: a new run in --out, or --resume one."""
     from prge_gguf.job import run_training
 
-    run_training(resolve({k: getattr(args, k) for k in SETTINGS}))
+    run_training(resolve({k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}))
     return 0
 
 

@@ -41,9 +41,10 @@ FILE_KEYS = (*TRAIN_KEYS, *SOURCE_KEYS, "out", *MACHINE_KEYS)
 
 @dataclass
 class Settings:
-    """A training job: where its data and model come from, where it computes and writes, and its
-    training settings (None: TrainConfig's default, or the architecture's). `given` names what the
-    caller set (flags, arguments or the config file), which a resumed run checks against its own."""
+    """A training or evaluation job: where its data and model come from, where it computes and
+    writes, and its training settings (None: TrainConfig's default, or the architecture's).
+    `given` names what the caller set (flags, arguments or the config file), which a resumed run
+    checks against its own."""
 
     # data
     task: str | None = None
@@ -68,6 +69,7 @@ class Settings:
     resume: str | None = None
     adapter: str | None = None
     distributed: bool = False
+    limit: int | None = None  # evaluation: the first N examples only
     # training: TrainConfig's fields
     steps: int | None = None
     batch_size: int | None = None

@@ -261,7 +261,7 @@ def test_distributed_first_order_is_refused_before_anything_is_written(tmp_path)
 
     parsed = build_parser().parse_args(["train", "--task", "sst2", "--optimizer", "adam", "--out",
                                         str(tmp_path / "run"), "--distributed"])
-    args = resolve({k: getattr(parsed, k) for k in SETTINGS})
+    args = resolve({k: getattr(parsed, k) for k in SETTINGS if hasattr(parsed, k)})
     expected = r"^--distributed shares P-RGE's loss values: use --optimizer zo or zo-momentum or zo-adam$"
     with pytest.raises(PrgeError, match=expected):
         _train_as(Workers(rank=0, size=2), args)
