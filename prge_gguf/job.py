@@ -129,7 +129,7 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
                         f"lower it (at most {len(train_ex)})")
     with open_engine(s) as engine:
         # Everything that can fail on input happens before the run folder is made.
-        if cfg.optimizer not in ZEROTH_ORDER and not hasattr(engine, "loss_gradient"):
+        if cfg.optimizer not in ZEROTH_ORDER and not engine.backprop:
             raise PrgeError(f"--optimizer {cfg.optimizer} needs backpropagation: use --engine torch")
         if adapter is None:
             adapter = init_lora_fa(engine.header, cfg.targets, cfg.rank, cfg.alpha, cfg.seed, cfg.num_layers)

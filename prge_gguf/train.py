@@ -336,8 +336,8 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     sent, comm_s = workers.bytes_sent, workers.comm_s
     # Where the llama engine's step time goes (decode, adapter swaps, log-softmax): the rest of
     # step_s is Python's. Logged per step, so any run shows its machine's split.
-    timings = getattr(engine, "timings", None)
-    timed = dict(timings) if timings is not None else {}
+    timings = engine.timings
+    timed = dict(timings)
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
     if cfg.optimizer in ZEROTH_ORDER:
@@ -361,8 +361,7 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     tokens = passes * sum(ex.n_tokens for ex in batch)
     row = {"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens, "tok_s": tokens / dt,
            "step_s": dt, "wall": time.perf_counter() - start, "adapter_sha256": sha}
-    if timings is not None:
-        row |= {f"{part}_s": timings[part] - timed.get(part, 0.0) for part in sorted(timings)}
+    row |= {f"{part}_s": timings[part] - timed.get(part, 0.0) for part in sorted(timings)}
     if workers.size > 1:
         row |= {"ranks": workers.size, "comm_bytes": workers.bytes_sent - sent,
                 "comm_s": workers.comm_s - comm_s}

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.lora import LoraAdapter
+
+if TYPE_CHECKING:  # data.py builds on ScoreRequest below
+    from prge_gguf.data import TokenizedExample
 
 # Adapters applied together with their scales: W x + sum_j scale_j * (alpha/r) B_j A_j x.
 AdapterSet = Sequence[tuple[LoraAdapter, float]]
@@ -34,11 +39,19 @@ class ScoreRequest:
 
 
 class Engine(Protocol):
-    """Loads one base model; scores many sequences at a time under a set of adapters."""
+    """Loads one base model; scores many sequences at a time under a set of adapters.
 
+    Optional capabilities are declared, not probed: `backprop` says whether the engine also
+    implements `FirstOrder.loss_gradient` (the first-order baseline)."""
+
+    model_path: Path
+    header: GGUFHeader  # the model file's metadata and tensor shapes
     n_ctx: int
-
     chat_template: str | None
+    backprop: bool
+    # Seconds spent so far in each part of scoring (decode, adapter, logits, ...); empty where
+    # the engine does not split its time. A training step logs the differences.
+    timings: Mapping[str, float]
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = False) -> list[int]:
         """Token ids of `text`; `add_special` adds BOS where the model wants it; `parse_special`
@@ -68,3 +81,12 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model and everything built on it."""
+
+
+class FirstOrder(Engine, Protocol):
+    """An engine that backpropagates (`backprop` True): the first-order baseline's gradient."""
+
+    def loss_gradient(self, batch: Sequence[TokenizedExample], adapter: LoraAdapter, loss: str,
+                      train_a: bool = False) -> tuple[float, dict[str, np.ndarray]]:
+        """(mean loss over `batch`, its exact gradient by tensor: `<name>.lora_b`, and with
+        `train_a` also `<name>.lora_a`)."""

@@ -113,6 +113,8 @@ class LlamaEngine:
     """Scores many sequences per `llama_decode`, logits only where scored; a step's perturbations
     on `parallel` contexts at once."""
 
+    backprop = False  # forward passes only
+
     def __init__(
         self,
         model_path: str | Path,

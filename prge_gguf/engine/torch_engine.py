@@ -7,8 +7,9 @@ perturbations of a step run in ONE forward. Needs the `torch` extra.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class _LoraHook:
 
 class TorchEngine:
     """Scores sequences with transformers in fp32 (or the dtype given), padded to a batch."""
+
+    backprop = True  # loss_gradient: the first-order baseline
+    timings: Mapping[str, float] = MappingProxyType({})  # its scoring time is not split into parts
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu", n_ctx: int = 1024,
                  threads: int | None = None, batch_tokens: int = 8192, dtype: str = "float32") -> None:
