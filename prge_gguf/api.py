@@ -54,7 +54,7 @@ def finetune(model: str | None = None, data: str | None = None, out: str | None 
     return Run(run_training(resolve(given), on_metrics))
 
 
-_EVAL_SETTINGS = ("task", "data", "valid", "template", "label_words", "model", "engine", "device", "threads",
+EVAL_SETTINGS = ("task", "data", "valid", "template", "label_words", "model", "engine", "device", "threads",
                   "n_gpu_layers", "n_ctx", "max_seq_len", "truncate", "adapter", "loss", "limit")
 
 
@@ -66,8 +66,8 @@ def evaluate(model: str | None = None, data: str | None = None, *, adapter: str 
     from prge_gguf.inputs import eval_examples, open_engine, read_adapter, tokenize_all
     from prge_gguf.train import evaluate as evaluate_examples
 
-    if unknown := sorted(set(settings) - set(_EVAL_SETTINGS)):
-        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(_EVAL_SETTINGS)})")
+    if unknown := sorted(set(settings) - set(EVAL_SETTINGS)):
+        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(EVAL_SETTINGS)})")
     s = resolve({"model": model, "data": data, "adapter": adapter, **settings})
     examples = eval_examples(s)
     with open_engine(s) as engine:

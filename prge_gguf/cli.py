@@ -160,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`prge-gguf eval`: loss and accuracy of the model, with or without an adapter."""
-    from prge_gguf.api import _EVAL_SETTINGS, evaluate
+    from prge_gguf.api import EVAL_SETTINGS, evaluate
     from prge_gguf.inputs import describe
 
-    m = evaluate(**{k: getattr(args, k) for k in _EVAL_SETTINGS})
+    m = evaluate(**{k: getattr(args, k) for k in EVAL_SETTINGS})
     if args.json:
         print(json.dumps(m))
     else:
