@@ -130,6 +130,9 @@ PRESETS: dict[str, Shape] = {
     "smollm2-360m": Shape(n_layer=32, n_embd=960, n_ff=2560, n_head=15, n_head_kv=5),
     "tinyllama-1.1b": Shape(n_layer=22, n_embd=2048, n_ff=5632, n_head=32, n_head_kv=4,
                             rope_base=10000.0, n_ctx_train=2048),
+    # Llama 3.2 3B's body (its own vocabulary is 128256 tokens; ours SmolLM2's 49152).
+    "llama-3b": Shape(n_layer=28, n_embd=3072, n_ff=8192, n_head=24, n_head_kv=8,
+                      rope_base=500000.0, n_ctx_train=8192),
     # Llama-2-7B's body (its own vocabulary is 32000 tokens; ours SmolLM2's 49152).
     "llama-7b": Shape(n_layer=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32,
                       rope_base=10000.0, n_ctx_train=4096),
