@@ -122,6 +122,6 @@ def resolve(values: Mapping[str, object]) -> Settings:
         from prge_gguf.run_dir import RunDir
 
         saved = RunDir.saved_machine(Path(str(given["resume"])))
-        given = {k: v for k, v in saved.items() if k in MACHINE_KEYS} | given
+        given = {k: v for k, v in saved.items() if k in MACHINE_KEYS and v is not None} | given
     defaults = {k: v for k, v in DEFAULTS.items() if k in SETTINGS}
     return Settings(**(defaults | given), given=chosen)
