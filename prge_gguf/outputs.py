@@ -78,6 +78,11 @@ def _writable_parent(path: Path, flag: str) -> None:
         raise PrgeError(f"{flag} {path}: folder {parent} is not writable")
 
 
+def _writable_folder(path: Path, flag: str) -> None:
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PrgeError(f"{flag} {path}: folder is not writable")
+
+
 def _not_an_input(path: Path, inputs: Iterable[str | Path | None], flag: str) -> None:
     for given in inputs:
         if given and Path(given).exists() and _same(Path(given), path):
@@ -111,8 +116,7 @@ def check_output_folder(path: str | Path, *, force: bool, inputs: Iterable[str |
     if path.is_dir():
         if any(path.iterdir()) and not force:
             raise PrgeError(f"{flag} {path} is not empty: pass --force to write into it, or choose another")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PrgeError(f"{flag} {path}: folder is not writable")
+        _writable_folder(path, flag)
     else:
         _writable_parent(path, flag)
     return path
@@ -138,8 +142,7 @@ def check_run_folder(path: str | Path, *, force: bool, inputs: Iterable[str | Pa
             raise PrgeError(f"--out {path} holds other files ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}): pass --force to write the run "
                             "beside them, or choose another folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PrgeError(f"--out {path}: folder is not writable")
+        _writable_folder(path, "--out")
     else:
         existing = next(p for p in path.absolute().parents if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
