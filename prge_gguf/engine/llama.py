@@ -74,7 +74,7 @@ def _alive(pid: int) -> bool:
 
 # Contexts that score a step's perturbations at once on a GPU unless --parallel says otherwise:
 # on an H200 (bench/gpu.md) 8 stepped fastest of 1 and 8 at q = 4 on the 135M, 1.1B and 7B
-# shapes (and of 2 in an earlier run of the same script); q = 1 makes only its 2.
+# shapes; q = 1 makes only its 2.
 PARALLEL_GPU = 8
 # CPU threads a context takes by default: on the H200 machine's 16 cores the step was fastest
 # split 8 contexts x 2 threads at q = 4 (1.85x one context of 16) and 2 x 8 at q = 1.
