@@ -5,7 +5,7 @@ like base + adapter, PEFT export round-trips where PEFT can name the modules (an
 line where it cannot), and the torch engine agrees where transformers loads the architecture.
 Then bad input: one clear line, exit 2, nothing written.
 
-Each check is its own test, `test_<check>[<kind>]`: scripts/compat_table.py turns their
+Each check is its own test, `test_<check>[<kind>]`: scripts/bench/compat_table.py turns their
 outcomes into the compatibility table.
 """
 

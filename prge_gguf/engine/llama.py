@@ -144,7 +144,7 @@ class LlamaEngine:
         # COPA's ~800 scored rows of 49k logits was 0.29 s of a 0.47 s H100 step.
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="prge-lse")
         # Seconds spent in llama_decode, in adapter swaps (write, load, set) and in turning
-        # logits into log-probs: what scripts/bench_speed.py splits a step into. With parallel
+        # logits into log-probs: what scripts/bench/bench_speed.py splits a step into. With parallel
         # contexts these add up each context's seconds, more than the wall time.
         self.timings: Counter[str] = Counter()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"prge-adapters-{os.getpid()}-", dir=_scratch_dir())

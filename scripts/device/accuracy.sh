@@ -1,5 +1,5 @@
 #!/bin/bash
-# Accuracy rows on the lent GPU machine: scripts/bench_accuracy.py with CUDA llama.cpp and torch.
+# Accuracy rows on the lent GPU machine: scripts/bench/bench_accuracy.py with CUDA llama.cpp and torch.
 #   CHUNKS=DIR scripts/device/accuracy.sh MODEL SECONDS JOBS "TASKS" "SEEDS"
 # MODEL is smollm2-135m or gemma3-270m (joined by model.sh from $CHUNKS). The bench stops after SECONDS;
 # its rows stay in /root/work-NAME, so a later call on the same machine goes on from them
@@ -17,6 +17,6 @@ ARGS=("${DEF[@]}" --models $MODEL=/root/$MODEL.gguf --tasks $TASKS --seeds $SEED
       ${METHODS:+--methods $METHODS} ${GPUS:+--gpus $GPUS} --threads 2 --jobs $JOBS --llama-args "--n-gpu-layers -1"
       --torch-args "--device cuda" --data-dir carry-acc/p2 --splits carry-acc/p2/tune --work $W --out $OUT/${NAME:-accuracy-$MODEL})
 N=${NAME:-accuracy-$MODEL}
-timeout $LIMIT python3 scripts/bench_accuracy.py "${ARGS[@]}" > $OUT/$N.log 2>&1; echo "bench rc $?"
-python3 scripts/bench_accuracy.py "${ARGS[@]}" --report-only >> $OUT/$N.log 2>&1; echo "report rc $?"
+timeout $LIMIT python3 scripts/bench/bench_accuracy.py "${ARGS[@]}" > $OUT/$N.log 2>&1; echo "bench rc $?"
+python3 scripts/bench/bench_accuracy.py "${ARGS[@]}" --report-only >> $OUT/$N.log 2>&1; echo "report rc $?"
 cp $W/rows.jsonl $OUT/$N-rows.jsonl; tail -c 5000 $OUT/$N.log

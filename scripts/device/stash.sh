@@ -3,7 +3,7 @@
 # Copies the model chunks (NAME.gguf.K; chunk.sh makes such folders) of the carried folders given as
 # arguments to /root/stash, where later calls on the same warm machine find them; on the first call also
 # installs the CUDA llama_cpp build and the pure-Python wheels of carry-gpu/whl (made here by
-# `python scripts/bench_gpu.py --prepare-carry carry-gpu`) into /root/site.
+# `python scripts/bench/bench_gpu.py --prepare-carry carry-gpu`) into /root/site.
 #   scripts/device/stash.sh carry-gem/c1          (carry: ["carry-gpu/whl", "carry-gem/c1"])
 set -e
 mkdir -p /root/stash /root/site

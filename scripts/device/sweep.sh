@@ -1,5 +1,5 @@
 #!/bin/bash
-# A tuning sweep (scripts/sweep.py, training data only) on the lent GPU machine.
+# A tuning sweep (scripts/bench/sweep.py, training data only) on the lent GPU machine.
 #   CHUNKS=DIR scripts/device/sweep.sh MODEL SECONDS PARALLEL "TASKS" "ENGINE_FLAGS" GRID...
 # e.g. sweep.sh smollm2-135m 540 16 "sst2 cb" "--n-gpu-layers -1" "eps=1e-2,5e-2;seed=0,1"
 # Tuning splits come from carry-acc/p2/tune (sweep.py wrote them there: --splits). Env:

@@ -1,7 +1,7 @@
 """The README's parity table: llama.cpp vs transformers fp32, PEFT export, merged GGUFs, and the
 torch engine's one-forward perturbations. Prints a table, writes bench/parity.json.
 
-    python scripts/bench_parity.py     (needs the torch extra; ~3 min on 2 cores)
+    python scripts/bench/bench_parity.py     (needs the torch extra; ~3 min on 2 cores)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Runs `prge-gguf eval --task sst2 --json` and `prge-gguf train --task sst2 --out 
 and bench/sst2_default.md. Run nothing else on the machine meanwhile: the wall
 time is part of the result.
 
-    python scripts/bench_sst2_default.py --run-dir runs/sst2
+    python scripts/bench/bench_sst2_default.py --run-dir runs/sst2
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ rows, with the torch engine: G by backprop over --n examples, tr(H) of every B t
 Hutchinson's estimator (z . Hz, Hz from central differences of gradients at B +- h z; --probes
 samples), G'HG likewise along G:
 
-    python scripts/bench_zo_rate.py --tasks sst2 rte --n 32 --probes 8
+    python scripts/bench/bench_zo_rate.py --tasks sst2 rte --n 32 --probes 8
 
 Writes OUT.json and OUT.md (default bench/zo_rate).
 """

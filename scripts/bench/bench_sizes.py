@@ -1,7 +1,7 @@
 """Peak memory of a P-RGE training step against llama.cpp inference on the same model and rows,
 at 1B, 3B and 7B shapes (random weights: memory and time only), and the step's time.
 
-    python scripts/bench_sizes.py --out bench/sizes
+    python scripts/bench/bench_sizes.py --out bench/sizes
 
 Each model is written as Q4_0 by prge_gguf.synthetic (blocks written directly: a 7B file in
 seconds, where an F16 file of 13 GB and its quantization would take long on 2 cores). Each
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench_common import machine, made_by, write_outputs  # noqa: E402
 

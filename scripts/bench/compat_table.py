@@ -16,7 +16,7 @@ llama.cpp file type trains, reloads with the engine's log-probs, and merges):
 | PEFT | export to a PEFT folder and back is exact (for what PEFT names; the rest refused in one line) |
 | torch parity | transformers (GGUF loader) + the adapter gives llama.cpp's log-probs |
 
-    python scripts/compat_table.py            # all architectures, ~1-2 min on 2 cores
+    python scripts/bench/compat_table.py            # all architectures, ~1-2 min on 2 cores
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from converters.peft import hf_modules, peft_targets  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     quants = {param: outcome for (test, param), outcome in results.items() if test == QUANT_TEST}
     machine = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}, " + ", ".join(f"{p} {version(p)}" for p in PACKAGES))
-    command = "python scripts/compat_table.py"
+    command = "python scripts/bench/compat_table.py"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compat.json").write_text(json.dumps(
         {"command": command, "machine": machine, "rows": rows, "quant_types": quants}, indent=2,

@@ -9,12 +9,12 @@ never accuracy. Two commands, both from the repository root:
 
     # here (network): the carry folder: llama-cpp-python's sdist trimmed to ~8 MB, the wheels
     # the GPU machine lacks (gguf, diskcache) and SmolLM2's tokenizer metadata (vocab.gguf)
-    python scripts/bench_gpu.py --prepare-carry carry-gpu
+    python scripts/bench/bench_gpu.py --prepare-carry carry-gpu
 
     # on the GPU machine (no network): installs the llama_cpp package a former run saved in
     # carry-gpu/whl (else builds it for CUDA sm_90 from the carried sdist, ~160-200 s on 16
     # cores; --build forces that), then measures
-    python3 scripts/bench_gpu.py --carry carry-gpu --out-dir $OUT --keep-torch bench/gpu.json \
+    python3 scripts/bench/bench_gpu.py --carry carry-gpu --out-dir $OUT --keep-torch bench/gpu.json \
         --torch-presets '' --warmup 1 --min-steps 3 --max-s 0.8
 
 It prints a table and writes OUT_DIR/gpu.json and OUT_DIR/gpu.md (the card, CPU, threads,
@@ -56,8 +56,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 
 from bench_common import git_commit  # noqa: E402
 from bench_common import machine as common_machine  # noqa: E402

@@ -6,7 +6,7 @@ the README reports are never read. Writes sweep.json and a Markdown table.
 Tuning splits: bench_accuracy's training and validation files (`tuning_split`, its docstring):
 jobs train on what its rows train on and are scored on the validation rows it selects with.
 
-    python scripts/sweep.py --tasks sst2 rte --steps 400 \
+    python scripts/bench/sweep.py --tasks sst2 rte --steps 400 \
         --grid "optimizer=zo;lr=2e-3,5e-3;targets=attn_q,attn_v|all" --parallel 4 --out bench/sweep
 """
 

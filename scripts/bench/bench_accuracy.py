@@ -20,8 +20,8 @@ same training/validation files, and no test row is read before the final scoring
   train, one quarter validates.
 Test sets: SST-2 dev (872), SuperGLUE val.
 
-    python scripts/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
-    python scripts/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
+    python scripts/bench/bench_accuracy.py --tasks sst2 --models smollm2-135m --seeds 0 --budget-min 10
+    python scripts/bench/bench_accuracy.py            # everything: 5 tasks x 2 models x 3 seeds (hours)
 
 Choosing defaults (issue 23) reads no test set: `--tuning-only` reports each row's validation
 accuracy (its best scoring and its last) and scores zero-shot on the validation split (give it a
@@ -30,13 +30,13 @@ accuracy (its best scoring and its last) and scores zero-shot on the validation 
 (both columns are reported either way). The forward-only estimators run as zo-q1-NAME and
 zo-b64-NAME (NAME of `prge-gguf train --help`'s list), e.g.
 
-    python scripts/bench_accuracy.py --tuning-only --tasks sst2 --models smollm2-135m \
+    python scripts/bench/bench_accuracy.py --tuning-only --tasks sst2 --models smollm2-135m \
         --methods zo-b64 zo-b64-hizoo zo-b64-lozo zo-b64-conmezo fo-qv --budget-min 6
 
 On a GPU machine: a model given as LABEL=PATH keeps its label in the rows, and each engine's
 extra flags go to every command that runs on it:
 
-    python scripts/bench_accuracy.py --models smollm2-135m=/path/SmolLM2-135M-Instruct.Q4_1.gguf \
+    python scripts/bench/bench_accuracy.py --models smollm2-135m=/path/SmolLM2-135M-Instruct.Q4_1.gguf \
         --llama-args "--n-gpu-layers -1" --torch-args "--device cuda" --threads 4 --jobs 4
 """
 

@@ -21,7 +21,7 @@ Models: the shipped SmolLM2-135M-Instruct Q4_1; the same re-quantized by llama.c
 F16; and random-weight GGUFs of real 360M and 1.1B shapes (prge_gguf/synthetic.py: for
 speed only, never accuracy).
 
-    python scripts/bench_speed.py                # -> bench/speed.{json,md}; ~25 min on 2 cores
+    python scripts/bench/bench_speed.py                # -> bench/speed.{json,md}; ~25 min on 2 cores
 """
 
 from __future__ import annotations

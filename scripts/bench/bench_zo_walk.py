@@ -9,7 +9,7 @@ by backprop over --n rows; then the loss and accuracy of --n other rows at the s
 random unit direction, --directions of them) for each (lr, steps, batch) of --settings, and along
 the gradient, start - t G / |G| for the lengths t of --lengths (what a straight step buys, for scale).
 
-    python scripts/bench_zo_walk.py --task rte --n 128 --settings 2e-2:500:64 2e-2:1000:64 \
+    python scripts/bench/bench_zo_walk.py --task rte --n 128 --settings 2e-2:500:64 2e-2:1000:64 \
         2e-2:2000:64 8e-2:600:64
 
 Writes OUT.json and OUT.md (default bench/zo_walk).

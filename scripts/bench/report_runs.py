@@ -6,7 +6,7 @@ adapter (adapter.gguf, else the newest checkpoint), each scored by `prge-gguf ev
 
 For runs too long for one sitting (scripts/device/long.sh brings their folders back):
 
-    python scripts/report_runs.py runs/lr1e-2 runs/lr2e-2 --task rte \
+    python scripts/bench/report_runs.py runs/lr1e-2 runs/lr2e-2 --task rte \
         --test ../shared/data/superglue/RTE/val.jsonl --out bench/sweeps/rte-long
 """
 

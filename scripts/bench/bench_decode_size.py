@@ -7,7 +7,7 @@ its own, the settings alternating over --rounds. A row is the median over its ro
 median step after the warm-up, split as train logs it: llama.cpp's decode, logits -> log-probs,
 adapter swaps, and the rest (Python). n_ctx 0 is train's own fit.
 
-    python scripts/bench_decode_size.py --task rte --data ../shared/data/superglue/RTE/train.jsonl \\
+    python scripts/bench/bench_decode_size.py --task rte --data ../shared/data/superglue/RTE/train.jsonl \\
         --batch-size 16 --n-ctx 0 320 640 1024      # -> bench/decode_size.{json,md}
     # on a GPU: --train-args "--n-gpu-layers -1" --batch-size 64 --n-ctx 0 1024 1536 2048 4096
 """

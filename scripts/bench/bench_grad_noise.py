@@ -9,8 +9,8 @@ free accuracy per minute. This measures B_noise at P-RGE's start (B = 0, the def
 per-example gradients by backprop (torch engine, exact), on each task's training data; with
 --by-target also for each projection's B tensors alone (which targets carry signal, not noise):
 
-    python scripts/bench_grad_noise.py --tasks sst2 cb --n 64
-    python scripts/bench_grad_noise.py --tasks sst2 rte --targets all --by-target \
+    python scripts/bench/bench_grad_noise.py --tasks sst2 cb --n 64
+    python scripts/bench/bench_grad_noise.py --tasks sst2 rte --targets all --by-target \
         --out bench/grad_noise_targets
 
 "B_noise within labels" is what is left when every batch holds each label's share of the data

@@ -4,7 +4,7 @@ step, and the step time projected for N machines from the measured compute/commu
 Each configuration is one `torchrun --standalone` job on SST-2 (batch 16), timed from its
 metrics.jsonl (median step time after the first steps). Run nothing else meanwhile.
 
-    python scripts/bench_distributed.py            # -> bench/distributed.{json,md}
+    python scripts/bench/bench_distributed.py            # -> bench/distributed.{json,md}
 """
 
 from __future__ import annotations
