@@ -211,6 +211,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module: GGUF adapter only)"
                                if unnamed else "yes")
           + " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split)
+    from prge_gguf.memory import describe_default_run
+    print(describe_default_run(h))
     return 0
 
 

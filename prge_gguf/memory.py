@@ -30,6 +30,37 @@ def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, ...]], rank: in
     return Path(header.path).stat().st_size + kv + logits + adapter * (2 * q + 4)
 
 
+def default_train_bytes(header: GGUFHeader) -> tuple[int, str]:
+    """`train_bytes` at `prge-gguf train`'s defaults on a CPU, as train resolves them: TrainConfig's
+    rank and q, the model's default targets on all blocks, and the CPU decode cap (what train
+    estimates with when --n-ctx is not given); with those settings in words."""
+    from prge_gguf.lora import check_rank, default_targets
+    from prge_gguf.settings import CPU_MAX_N_CTX
+    from prge_gguf.train import TrainConfig
+
+    cfg = TrainConfig(targets=default_targets(header))
+    shapes = check_rank(header, cfg.targets, cfg.rank, cfg.num_layers)
+    settings = f"rank {cfg.rank}, q {cfg.q}, {'+'.join(cfg.targets)}, n_ctx {CPU_MAX_N_CTX}"
+    return train_bytes(header, shapes, cfg.rank, cfg.q, CPU_MAX_N_CTX), settings
+
+
+def describe_default_run(header: GGUFHeader) -> str:
+    """One line for `prge-gguf info`: the memory a training run at the defaults needs, and the
+    memory free now."""
+    try:
+        needed, settings = default_train_bytes(header)
+    except PrgeError as exc:  # a target narrower than the default rank, e.g.
+        return f"train memory:  not estimated: train at the defaults would stop ({exc})"
+    free = available_bytes()
+    return (f"train memory:  about {size_text(needed)} at the defaults ({settings}); "
+            f"free now: {'unknown' if free is None else size_text(free)}")
+
+
+def size_text(n_bytes: int) -> str:
+    """Bytes as MiB below 1 GiB, else GiB with one decimal."""
+    return f"{n_bytes / 2**20:.0f} MiB" if n_bytes < 2**30 else f"{n_bytes / 2**30:.1f} GiB"
+
+
 def available_bytes() -> int | None:
     """Memory the kernel can give without swapping (Linux's MemAvailable); None where unknown."""
     try:
