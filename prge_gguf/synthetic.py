@@ -33,9 +33,14 @@ have real lengths: the shipped SmolLM2-135M-Instruct Q4_1, or where that 98 MB f
 | smollm2-135m | 30 | 576 | 1536 | 9 / 3 | SmolLM2-135M (the default model) |
 | smollm2-360m | 32 | 960 | 2560 | 15 / 5 | SmolLM2-360M |
 | tinyllama-1.1b | 22 | 2048 | 5632 | 32 / 4 | TinyLlama-1.1B's body (its own vocab is 32000; ours 49152) |
+| llama-3b | 28 | 3072 | 8192 | 24 / 8 | Llama 3.2 3B's body (its own vocab is 128256) |
+| llama-7b | 32 | 4096 | 11008 | 32 / 32 | Llama 2 7B's body (its own vocab is 32000) |
+| llama-tiny-k | 8 | 256 | 512 | 4 / 2 | none: the smallest for tests of K-quant files |
 
 Files are written as F16 (norms, biases and routers F32) and then quantized by llama.cpp itself
-(`llama_model_quantize`), so the tensor types are those `llama-quantize` would pick.
+(`llama_model_quantize`), so the tensor types are those `llama-quantize` would pick; except
+presets in Q4_0 and Q4_K_M (`DIRECT`), written directly as random blocks of those types (Q4_K_M:
+Q4_K, and Q6_K where llama-quantize puts it), whose values decode to the F16 weights' spread.
 """
 
 from __future__ import annotations
@@ -136,11 +141,69 @@ PRESETS: dict[str, Shape] = {
     # Llama-2-7B's body (its own vocabulary is 32000 tokens; ours SmolLM2's 49152).
     "llama-7b": Shape(n_layer=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32,
                       rope_base=10000.0, n_ctx_train=4096),
+    # For tests of the direct file types: rows of 256 as K-quants take them, 8 blocks so that
+    # Q4_K_M's choice of Q6_K for some blocks shows.
+    "llama-tiny-k": Shape(n_layer=8, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_ctx_train=2048),
 }
-# Q4_0: 32 weights a block, stored as an f16 scale and 16 bytes of 4-bit values (ggml's block_q4_0).
-Q4_0_BLOCK, Q4_0_BYTES = 32, 18
-# The scale that gives Q4_0's uniform values in -8..7 a standard deviation of ~0.02, as F16's.
-Q4_0_SCALE = np.float16(0.02 / 4.6)
+# File types whose presets are written as random quantized blocks directly (`_random_blocks`), so
+# that a 7B file takes seconds rather than 13 GB of F16 and its quantization on 2 cores.
+DIRECT = ("Q4_0", "Q4_K_M")
+_QT = gguf.GGMLQuantizationType
+_STD = 0.02  # of the F16 weights, and of the values the direct blocks decode to
+
+
+def _f16(x: float) -> bytes:
+    return np.float16(x).tobytes()
+
+
+# Random blocks keep their quant bytes random and fix their scale fields, at byte offsets of ggml's
+# block structs, so that every value decodes to a small number (mean ~0, standard deviation ~_STD):
+# - block_q4_0 (18 bytes): f16 d, then 32 4-bit q; value d * (q - 8), q - 8 uniform in -8..7 (sd 4.6).
+# - block_q4_K (144 bytes): f16 d, f16 dmin, 12 bytes of eight 6-bit (scale, min) pairs, then 256
+#   4-bit q; value d * scale * q - dmin * min. Every pair (1, 8), packed as ggml packs them (bytes
+#   0-3 scales, 4-7 mins, 8-11 a scale's low and a min's high nibble), and dmin = d * 7.5 / 8 centre
+#   q (uniform 0..15, sd 4.6) on 0.
+# - block_q6_K (210 bytes): 128 bytes of low and 64 of high q bits, 16 int8 scales, f16 d; value
+#   d * scale * (q - 32), q - 32 uniform in -32..31 (sd 18.5). Every scale 1.
+_D4, _D6 = _STD / 4.6, _STD / 18.5
+_FIXED: dict[gguf.GGMLQuantizationType, tuple[int, bytes]] = {
+    _QT.Q4_0: (0, _f16(_D4)),
+    _QT.Q4_K: (0, _f16(_D4) + _f16(_D4 * 7.5 / 8) + bytes([1] * 4 + [8] * 4 + [0x81] * 4)),
+    _QT.Q6_K: (192, bytes([1] * 16) + _f16(_D6)),
+}
+
+
+def _random_blocks(rng: np.random.Generator, qtype: gguf.GGMLQuantizationType, rows: int, cols: int
+                   ) -> np.ndarray:
+    """A rows x cols weight as `qtype` blocks of random bytes with fixed scale fields (`_FIXED`):
+    uint8, one row of blocks a row."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    if cols % block:
+        raise PrgeError(f"a {qtype.name} weight needs rows of a multiple of {block} values, got {cols}")
+    raw = np.frombuffer(bytearray(rng.bytes(rows * cols // block * size)), np.uint8).reshape(-1, size)
+    offset, fixed = _FIXED[qtype]
+    raw[:, offset:offset + len(fixed)] = np.frombuffer(fixed, np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's use_more_bits (src/llama-quant.cpp): the layers Q4_K_M gives Q6_K in attn_v and
+    ffn_down: the first and last eighth, and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _direct_type(ftype: str, name: str, n_layer: int) -> gguf.GGMLQuantizationType:
+    """The type of a 2-D weight `name` in a direct `ftype` file. Q4_0: every weight (the embedding
+    too, where llama-quantize would pick Q6_K). Q4_K_M: llama-quantize's choice for a llama model
+    with tied embeddings: Q6_K for the embedding (it is the output too) and for attn_v and ffn_down
+    of the `_more_bits` layers, Q4_K for the rest."""
+    if ftype == "Q4_0":
+        return _QT.Q4_0
+    if name in ("token_embd.weight", "output.weight"):
+        return _QT.Q6_K
+    layer = int(name.split(".")[1])
+    more = name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(layer, n_layer)
+    return _QT.Q6_K if more else _QT.Q4_K
 
 # Output file types: llama.cpp's LLAMA_FTYPE_MOSTLY_* names (see llama.h).
 FTYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_XS")
@@ -251,11 +314,10 @@ def _finish(writer: gguf.GGUFWriter) -> None:
 
 
 def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
-               add_tokenizer: Callable[[gguf.GGUFWriter], int], q4_0: bool = False) -> Path:
-    """The unquantized random model: weights F16; norms, biases and the router F32. With `q4_0`
-    every 2-D weight is written as Q4_0 blocks of random bytes instead (the embedding too, where
-    llama-quantize would pick Q6_K), so that a 7B file takes seconds rather than 13 GB of F16
-    and their quantization."""
+               add_tokenizer: Callable[[gguf.GGUFWriter], int], direct: str = "") -> Path:
+    """The unquantized random model: weights F16; norms, biases and the router F32. With `direct`
+    (a file type of DIRECT) every 2-D weight is written as random blocks of the type `_direct_type`
+    gives it instead."""
     writer = gguf.GGUFWriter(path, arch.name)
     writer.add_name(name)
     writer.add_description(NOTE)
@@ -273,7 +335,7 @@ def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
     writer.add_key_length(hd)
     writer.add_value_length(hd)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{direct or 'F16'}"))
     ff_expert = arch.n_ff_expert or shape.n_ff
     if arch.n_expert:
         writer.add_expert_count(arch.n_expert)
@@ -286,15 +348,12 @@ def _write_f16(path: Path, name: str, arch: Arch, shape: Shape, seed: int,
 
     def weight(name: str, *dims: int, dtype: type = np.float16) -> None:
         # numpy shape (outputs, inputs), as convert_hf_to_gguf writes them; experts first.
-        if q4_0 and len(dims) == 2 and dtype is np.float16:
-            n_blocks = dims[0] * dims[1] // Q4_0_BLOCK
-            blocks = np.frombuffer(bytearray(rng.bytes(n_blocks * Q4_0_BYTES)), np.uint8)
-            blocks = blocks.reshape(n_blocks, Q4_0_BYTES)
-            blocks[:, :2] = np.frombuffer(Q4_0_SCALE.tobytes(), np.uint8)
-            writer.add_tensor(name, blocks.reshape(dims[0], -1), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        if direct and len(dims) == 2 and dtype is np.float16:
+            qtype = _direct_type(direct, name, shape.n_layer)
+            writer.add_tensor(name, _random_blocks(rng, qtype, *dims), raw_dtype=qtype)
             return
         w = rng.standard_normal(dims, dtype=np.float32)
-        w *= np.float32(0.02)
+        w *= np.float32(_STD)
         writer.add_tensor(name, w.astype(dtype))
 
     def norm(name: str, n: int) -> None:
@@ -395,10 +454,10 @@ def write_synthetic(path: str | Path, preset: str, ftype: str = "Q4_1", seed: in
         raise PrgeError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
     vocab = _copy_vocab(vocab_source or default_vocab_source())
 
-    def write(p: Path, q4_0: bool = False) -> Path:
-        return _write_f16(p, f"synthetic-{preset}", Arch("llama"), PRESETS[preset], seed, vocab, q4_0)
+    def write(p: Path, direct: str = "") -> Path:
+        return _write_f16(p, f"synthetic-{preset}", Arch("llama"), PRESETS[preset], seed, vocab, direct)
 
-    if ftype == "Q4_0":
+    if ftype in DIRECT:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return write(Path(path), q4_0=True)
+        return write(Path(path), direct=ftype)
     return _write(Path(path), ftype, threads, write)

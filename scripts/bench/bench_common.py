@@ -60,8 +60,11 @@ def peak_rss_mib() -> float:
 
 def made_by(m: dict) -> str:
     """A table's foot: the CPU of `machine()`'s `m`, the commit, and the command that made it."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[2]
+    shown = script.relative_to(root) if script.is_relative_to(root) else script
     return (f"Machine: {m['cpu']} ({m['cores']} cores), commit {m['git_commit']}. Made by "
-            f"`python scripts/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`.")
+            f"`python {shown} {' '.join(sys.argv[1:])}`.")
 
 
 def write_outputs(stem: str, result: dict, table: str) -> None:
