@@ -160,7 +160,8 @@ def child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
 
 
 
-def _run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
+def run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> dict:
+    """`child` in a fresh process (peak RSS is per process); its result."""
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--model", str(model), "--q", str(q),
                           "--steps", str(steps), "--threads", str(threads)],
                          check=True, capture_output=True, text=True).stdout
@@ -235,7 +236,7 @@ def main() -> None:
         runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
         for _ in range(args.repeats):
             for i, (label, variant, path, q) in enumerate(plan):
-                runs[i].append(_run_child(variant, path, q, args.steps, args.threads))
+                runs[i].append(run_child(variant, path, q, args.steps, args.threads))
                 print(f"{label} {variant} q={q}: {runs[i][-1]['step_s']:.2f} s/step", file=sys.stderr)
     results = []
     for i, (label, variant, _, q) in enumerate(plan):
