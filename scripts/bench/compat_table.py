@@ -16,7 +16,10 @@ llama.cpp file type trains, reloads with the engine's log-probs, and merges):
 | PEFT | export to a PEFT folder and back is exact (for what PEFT names; the rest refused in one line) |
 | torch parity | transformers (GGUF loader) + the adapter gives llama.cpp's log-probs |
 
+It also rewrites README.md's compact copy of the table, between README_START and README_END:
+
     python scripts/bench/compat_table.py            # all architectures, ~1-2 min on 2 cores
+    python scripts/bench/compat_table.py --readme   # README.md's table from bench/compat.json only
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ CHECKS = {
 # The versions the outcomes depend on: llama.cpp (vendored), transformers' GGUF loader, PEFT.
 PACKAGES = ("llama-cpp-python", "transformers", "peft")
 _CASE = re.compile(r"^(test_\w+)\[(.+)\]$")
+README = ROOT / "README.md"
+README_START, README_END = "<!-- compat:start -->", "<!-- compat:end -->"
+# The README's columns: CHECKS' but train (every other column needs it).
+README_CHECKS = ("GGUF adapter", "merged", "PEFT", "torch parity")
 
 
 def outcomes(report: Path) -> dict[tuple[str, str], str]:
@@ -112,11 +119,63 @@ def markdown(rows: list[dict[str, object]], quants: dict[str, str], command: str
     return "\n".join(lines) + "\n"
 
 
+def _compact_targets(targets: list[str]) -> str:
+    """attn_q, attn_k, ffn_up -> "attn q, k; ffn up": grouped by prefix, in the given order."""
+    groups: dict[str, list[str]] = {}
+    for t in targets:
+        prefix, _, rest = t.partition("_")
+        groups.setdefault(prefix, []).append(rest)
+    return "; ".join(f"{prefix} {', '.join(rest)}" for prefix, rest in groups.items())
+
+
+def _mark(outcome: str) -> str:
+    """An outcome as a README cell: yes, yes* (with a note), - (skipped), no (failed)."""
+    if outcome == "pass":
+        return "yes"
+    if outcome.startswith("pass ("):
+        return "yes*"
+    if outcome.startswith("skip"):
+        return "-"
+    return "**no**" if outcome == "fail" else outcome
+
+
+def readme_table(result: dict) -> str:
+    """The README's compact table of compat.json's `result` (what README_START..README_END hold)."""
+    lines = ["| model | LoRA targets | " + " | ".join(README_CHECKS) + " |",
+             "|" + " --- |" * (len(README_CHECKS) + 2)]
+    for r in result["rows"]:
+        model = r["kind"] if r["kind"] == r["architecture"] else f"{r['kind']} ({r['architecture']})"
+        cells = [_compact_targets(r["targets"]), *(_mark(r[c]) for c in README_CHECKS)]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    notes = "; ".join(f"{r['kind']}, {r['peft_note']}" for r in result["rows"]
+                      if r["peft_note"] and r["PEFT"].startswith("pass ("))
+    passed = [t for t, outcome in result["quant_types"].items() if outcome == "pass"]
+    failed = [f"{t} ({outcome})" for t, outcome in result["quant_types"].items() if outcome != "pass"]
+    lines += ["", f"yes*: {notes}. -: skipped (why: [bench/compat.md](bench/compat.md)). File types "
+              "that train, reload and merge (a tiny llama): " + ", ".join(passed)
+              + (f"; not {', '.join(failed)}" if failed else "") + "."]
+    return "\n".join(lines)
+
+
+def rewrite_readme(table: str, readme: Path = README) -> None:
+    """Replace what `readme` holds between README_START and README_END with `table`."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} region to write the table into")
+    readme.write_text(text[:start + len(README_START)] + "\n" + table + "\n" + text[end:])
+
+
 def main() -> None:
-    """Run the checks, write the JSON and Markdown tables."""
+    """Run the checks, write the JSON and Markdown tables and README.md's."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench", help="folder for compat.json and compat.md")
+    ap.add_argument("--readme", action="store_true",
+                    help="only rewrite README.md's table from OUT/compat.json (no tests run)")
     args = ap.parse_args()
+    if args.readme:
+        rewrite_readme(readme_table(json.loads((args.out / "compat.json").read_text())))
+        return
     with tempfile.TemporaryDirectory(prefix="compat-") as tmp:
         report = Path(tmp) / "report.xml"
         # This checkout's code, not an installed copy's.
@@ -131,9 +190,9 @@ def main() -> None:
                f"{platform.python_version()}, " + ", ".join(f"{p} {version(p)}" for p in PACKAGES))
     command = "python scripts/bench/compat_table.py"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compat.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "rows": rows, "quant_types": quants}, indent=2,
-        sort_keys=True) + "\n")
+    result = {"command": command, "machine": machine, "rows": rows, "quant_types": quants}
+    (args.out / "compat.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    rewrite_readme(readme_table(result))
     text = markdown(rows, quants, command, machine)
     (args.out / "compat.md").write_text(text)
     print(text)
