@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _run(*cmd: str, cwd: Path | None = None) -> str:
     """A command's stdout, or "" where it is missing or fails."""
@@ -22,9 +24,9 @@ def _run(*cmd: str, cwd: Path | None = None) -> str:
         return ""
 
 
-def git_commit() -> str:
-    """Short HEAD, with "-dirty" when tracked files have uncommitted changes."""
-    repo = Path(__file__).parent
+def git_commit(repo: Path = ROOT) -> str:
+    """Short HEAD of the checkout `repo` (default: this one), with "-dirty" when tracked files have
+    uncommitted changes."""
     head = _run("git", "rev-parse", "--short", "HEAD", cwd=repo)
     dirty = _run("git", "status", "--porcelain", "--untracked-files=no", cwd=repo)
     return head + ("-dirty" if head and dirty else "")
@@ -61,10 +63,9 @@ def peak_rss_mib() -> float:
 def made_by(m: dict) -> str:
     """A table's foot: the CPU of `machine()`'s `m`, the commit, and the command that made it."""
     script = Path(sys.argv[0]).resolve()
-    root = Path(__file__).resolve().parents[2]
-    shown = script.relative_to(root) if script.is_relative_to(root) else script
+    script = script.relative_to(ROOT) if script.is_relative_to(ROOT) else Path(sys.argv[0])
     return (f"Machine: {m['cpu']} ({m['cores']} cores), commit {m['git_commit']}. Made by "
-            f"`python {shown} {' '.join(sys.argv[1:])}`.")
+            f"`python {script} {' '.join(sys.argv[1:])}`.")
 
 
 def write_outputs(stem: str, result: dict, table: str) -> None:
