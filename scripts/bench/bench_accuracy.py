@@ -26,9 +26,12 @@ Test sets: SST-2 dev (872), SuperGLUE val.
 Choosing defaults (issue 23) reads no test set: `--tuning-only` reports each row's validation
 accuracy (its best scoring and its last) and scores zero-shot on the validation split (give it a
 --work of its own: rows.jsonl keys rows by task, model, method and seed, not by what scored them), and
-`--budget-tokens N` gives every row the steps that fill N forward tokens instead of the wall time
-(both columns are reported either way). The forward-only estimators run as zo-q1-NAME and
-zo-b64-NAME (NAME of `prge-gguf train --help`'s list), e.g.
+`--budget-tokens N` (or TASK=N for each task) gives every row the steps that fill N forward tokens
+instead of the wall time (both columns are reported either way). The forward-only estimators run as
+zo-q1-NAME and zo-b64-NAME (NAME of `prge-gguf train --help`'s list), and as zo-b64t-NAME on the
+torch engine (zo-b64t: P-RGE there; `--zero-shot-engine torch` scores zero-shot on it too). Every
+table has the scored split's majority class beside zero-shot, and each row's predictions per option
+(its best adapter's, mean over seeds). E.g.
 
     python scripts/bench/bench_accuracy.py --tuning-only --tasks sst2 --models smollm2-135m \
         --methods zo-b64 zo-b64-hizoo zo-b64-lozo zo-b64-conmezo fo-qv --budget-min 6
@@ -84,8 +87,12 @@ METHODS = {
     "zo-b64s": [*_B64, "--lr-schedule", "constant", "--lr", "2e-3"],
 }
 # The forward-only estimators (--estimator) at zo-q1's and zo-b64's settings: zo-q1-hizoo, zo-b64-lozo, ...
+# zo-b64t: zo-b64 on the torch engine, which scores a step's 2q perturbations in one batched forward
+# (log-probs equal to llama.cpp's within float tolerance: docs/engines.md); with --budget-tokens its
+# rows' accuracy does not depend on how many rows share the GPU.
+METHODS["zo-b64t"] = [*_B64, "--engine", "torch"]
 METHODS |= {f"{base}-{name}": [*METHODS[base], "--estimator", name]
-            for base in ("zo-q1", "zo-b64") for name in ESTIMATORS if name != "prge"}
+            for base in ("zo-q1", "zo-b64", "zo-b64t") for name in ESTIMATORS if name != "prge"}
 DEFAULT_METHODS = ["zo-q1", "zo-q4", "zo-b64", "fo", "fo-qv"]
 # Runs the CLI and reports this process's peak RSS (each row is its own process).
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
@@ -101,6 +108,8 @@ GPU_ENV = threading.local()
 SPLITS: dict[str, list[str]] = {}
 # --tuning-only: rows are scored on the validation split and no test set is read.
 TUNING_ONLY = False
+# --zero-shot-engine: the engine that scores the zero-shot row.
+ZERO_SHOT_ENGINE = "llama"
 
 
 def train_rows(task: str, data_dir: Path, train_max: int = 1000) -> tuple[list[str], list[str]]:
@@ -173,23 +182,45 @@ def _rows(run: Path) -> list[dict]:
 
 
 def zero_shot(task: str, model: str, threads: int) -> dict:
-    """Accuracy of the base model (a name or a GGUF path) on the test set."""
-    accuracy, rss = test_accuracy(task, model, None, threads)
-    return {"accuracy": accuracy, "final_accuracy": accuracy, "wall_s": 0.0, "steps": 0, "forward_tokens": 0,
-            "peak_rss_mib": rss, "curve": []}
+    """Accuracy of the base model (a name or a GGUF path) on the test set, on --zero-shot-engine."""
+    m, rss = scored_eval(task, model, None, threads, ZERO_SHOT_ENGINE)
+    return {"accuracy": m["accuracy"], "final_accuracy": m["accuracy"], "wall_s": 0.0, "steps": 0,
+            "forward_tokens": 0, "peak_rss_mib": rss, "curve": [], "predicted": m["predicted"],
+            "final_predicted": m["predicted"]}
 
 
-def test_accuracy(task: str, model: str, adapter: Path | None, threads: int) -> tuple[float, float]:
-    """(test-set accuracy of `model` with `adapter` or none, on the llama engine; peak RSS MiB);
-    with --tuning-only, of the validation split."""
+def scored_eval(task: str, model: str, adapter: Path | None, threads: int,
+                engine: str = "llama") -> tuple[dict, float]:
+    """(`prge-gguf eval --json` of `model` with `adapter` or none on the test set, on `engine`;
+    peak RSS MiB); with --tuning-only, on the validation split."""
     with_adapter = ["--adapter", str(adapter)] if adapter else []
     scored = SPLITS[task] if TUNING_ONLY else test_args(task)
-    out, rss = cli(["eval", *scored, "--model", model, *with_adapter, "--json", *EXTRA["llama"]], threads)
-    return json.loads(out.splitlines()[-1])["accuracy"], rss
+    flags = ["--engine", "torch", *EXTRA["torch"]] if engine == "torch" else EXTRA["llama"]
+    out, rss = cli(["eval", *scored, "--model", model, *with_adapter, "--json", *flags], threads)
+    return json.loads(out.splitlines()[-1]), rss
+
+
+def test_accuracy(task: str, model: str, adapter: Path | None, threads: int) -> tuple[dict, float]:
+    """`scored_eval` on the llama engine, what llama.cpp users deploy."""
+    return scored_eval(task, model, adapter, threads)
+
+
+def label_counts(task: str, data_dir: Path) -> tuple[list[str], list[int]]:
+    """(the task's option words, how many rows of the scored set, the validation split with
+    --tuning-only, else the test set, hold each): the majority-class baseline and the split
+    each row's predictions are read against."""
+    from prge_gguf.tasks import builtin_task
+
+    t = builtin_task(task)
+    flags = SPLITS[task] if TUNING_ONLY else test_args(task)
+    path = Path(flags[flags.index("--valid") + 1]) if "--valid" in flags else t.dev_file
+    labels = [ex.label for ex in t.examples(path)]
+    words = list(t.label_words.values()) if t.label_words else [str(k) for k in range(max(labels) + 1)]
+    return words, [labels.count(k) for k in range(len(words))]
 
 
 def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
-              threads: int, evals: int, val_size: int, budget_tokens: int = 0) -> dict:
+              threads: int, evals: int, val_size: int, budget_tokens: float = 0) -> dict:
     """Train `method` for `budget_s` of training wall time (or, given, `budget_tokens` forward
     tokens), then score the test set with the adapter of the best validation score and with the
     final one; with --tuning-only, report those two validation scores instead."""
@@ -213,12 +244,15 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     best = max(evaluated, key=lambda r: r["eval_accuracy"])  # the first of equals, as best.gguf
     if TUNING_ONLY:
         accuracy, final_accuracy = best["eval_accuracy"], evaluated[-1]["eval_accuracy"]
+        predicted, final_predicted = best.get("eval_predicted"), evaluated[-1].get("eval_predicted")
     else:
-        accuracy = test_accuracy(task, model, run / "best.gguf", threads)[0]
+        m = test_accuracy(task, model, run / "best.gguf", threads)[0]
         # best.gguf is the final adapter when the last evaluation won: one test scoring is enough
-        final_accuracy = accuracy if best["step"] == steps else \
-            test_accuracy(task, model, run / "adapter.gguf", threads)[0]
+        f = m if best["step"] == steps else test_accuracy(task, model, run / "adapter.gguf", threads)[0]
+        accuracy, final_accuracy = m["accuracy"], f["accuracy"]
+        predicted, final_predicted = m["predicted"], f["predicted"]
     return {"accuracy": accuracy, "final_accuracy": final_accuracy, "best_step": best["step"],
+            "predicted": predicted, "final_predicted": final_predicted,
             "wall_s": final["train_s"], "steps": steps,
             "forward_tokens": sum(r["tokens"] for r in steps_run), "peak_rss_mib": rss,
             "curve": [[r["wall"], r["eval_accuracy"]] for r in evaluated]}
@@ -232,14 +266,32 @@ def _one_example(task: str, work: Path) -> Path:
     return path
 
 
-def summarize(rows: list[dict]) -> tuple[list[dict], str]:
-    """Mean and spread over seeds per (task, model, method), and the Markdown table."""
+def _split(words: list[str], counts: list[float]) -> str:
+    """'Yes 120 / No 380': how many rows went to each option."""
+    return " / ".join(f"{w} {c:.0f}" for w, c in zip(words, counts, strict=True))
+
+
+def summarize(rows: list[dict], classes: dict[str, tuple[list[str], list[int]]] | None = None,
+              ) -> tuple[list[dict], str]:
+    """Mean and spread over seeds per (task, model, method), and the Markdown table; with
+    `classes` (task -> label_counts), a majority-class row per task and model, and each row's
+    predictions per option (the best adapter's, mean over seeds)."""
+    classes = classes or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["model"], r["method"]), []).append(r)
+    for task, model in sorted({(t, m) for t, m, _ in groups}):
+        if task in classes:  # the label prior: every row answered with the most frequent option
+            words, counts = classes[task]
+            top = max(range(len(counts)), key=counts.__getitem__)
+            split = [sum(counts) if k == top else 0 for k in range(len(counts))]
+            groups[(task, model, "majority")] = [{"accuracy": counts[top] / sum(counts), "steps": 0,
+                                                  "wall_s": 0.0, "forward_tokens": 0, "peak_rss_mib": 0.0,
+                                                  "predicted": split}]
     summary = []
     lines = ["| task | model | method | accuracy (mean ± sd, seeds) | final adapter | steps "
-             "| train wall (min) | forward tokens | peak RSS (MiB) |", "|" + " --- |" * 9]
+             "| train wall (min) | forward tokens | peak RSS (MiB) | predicted (best adapter) |",
+             "|" + " --- |" * 10]
     for (task, model, method), rs in sorted(groups.items()):
         acc = [r["accuracy"] for r in rs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
@@ -251,10 +303,17 @@ def summarize(rows: list[dict]) -> tuple[list[dict], str]:
              "wall_min": statistics.mean(r["wall_s"] for r in rs) / 60,
              "forward_tokens": statistics.mean(r["forward_tokens"] for r in rs),
              "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)}
+        picks = [r["predicted"] for r in rs if r.get("predicted")]  # rows of before it was recorded: none
+        if picks and len({len(p) for p in picks}) == 1:
+            s["predicted_mean"] = [statistics.mean(col) for col in zip(*picks, strict=True)]
+        split = ""
+        if "predicted_mean" in s:
+            words = classes[task][0] if task in classes else [str(k) for k in range(len(s["predicted_mean"]))]
+            split = _split(words, s["predicted_mean"])
         summary.append(s)
         lines.append(f"| {task} | {model} | {method} | {100 * s['accuracy_mean']:.1f} ± {100 * sd:.1f} "
                      f"({len(rs)}) | {100 * s['final_mean']:.1f} | {s['steps']:.0f} | {s['wall_min']:.1f} | "
-                     f"{s['forward_tokens']:.3g} | {s['peak_rss_mib']:.0f} |")
+                     f"{s['forward_tokens']:.3g} | {s['peak_rss_mib']:.0f} | {split} |")
     return summary, "\n".join(lines)
 
 
@@ -291,8 +350,11 @@ def main() -> None:
                         "'zo-all=--batch-size 64 --targets attn_q,attn_v,ffn_up'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall time per row")
-    p.add_argument("--budget-tokens", type=int, default=0,
-                   help="forward tokens per row instead of --budget-min (equal forward work, not time)")
+    p.add_argument("--budget-tokens", nargs="+", default=[],
+                   help="forward tokens per row instead of --budget-min (equal forward work, not time): "
+                        "N for every task, or TASK=N each (e.g. sst2=2.2e6 rte=4e6)")
+    p.add_argument("--zero-shot-engine", choices=("llama", "torch"), default="llama",
+                   help="the engine that scores the zero-shot rows (torch: with --torch-args)")
     p.add_argument("--tuning-only", action="store_true",
                    help="score rows (and zero-shot) on the validation split; read no test set")
     p.add_argument("--evals", type=int, default=5, help="validation scorings during training (and step 0)")
@@ -324,17 +386,38 @@ def main() -> None:
     if unknown := sorted(set(args.methods) - set(METHODS)):
         p.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     DATA_DIR, TUNING_ONLY = args.data_dir, args.tuning_only
+    global ZERO_SHOT_ENGINE
+    ZERO_SHOT_ENGINE = args.zero_shot_engine
+    try:
+        budgets = {t: float(v) for t, v in (b.split("=", 1) for b in args.budget_tokens if "=" in b)}
+        flat = [float(b) for b in args.budget_tokens if "=" not in b]
+    except ValueError as e:
+        p.error(f"--budget-tokens {' '.join(args.budget_tokens)}: {e}; expected N or TASK=N")
+    if len(flat) > 1 or (flat and budgets):
+        p.error(f"--budget-tokens {' '.join(args.budget_tokens)}: expected one N, or TASK=N for each task")
+    budgets = budgets or dict.fromkeys(args.tasks, flat[0] if flat else 0.0)
+    if args.budget_tokens and (missing := [t for t in args.tasks if not budgets.get(t)]):
+        p.error(f"--budget-tokens: no budget for {', '.join(missing)}")
     EXTRA.update(llama=shlex.split(args.llama_args), torch=shlex.split(args.torch_args))
     models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)  # label -> name or path
     args.work.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    # The report reads the splits too (majority class, labels per option); --report-only goes without
+    # them where the data is not there.
+    try:
         SPLITS.update({t: tuning_split(t, DATA_DIR, args.splits or args.work / "splits") for t in args.tasks})
+        classes = {t: label_counts(t, DATA_DIR) for t in args.tasks}
+    except OSError as e:
+        if not args.report_only:
+            raise
+        print(f"no majority-class rows ({e})", file=sys.stderr)
+        classes = {}
     done_file = args.work / "rows.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     key = lambda r: (r["task"], r["model"], r["method"], r["seed"])  # noqa: E731
     have = {key(r) for r in done}
     todo = [(t, m, "zero-shot", 0) for t in args.tasks for m in models]
-    todo += [(t, m, meth, s) for t in args.tasks for m in models for meth in args.methods for s in args.seeds]
+    # Seed by seed: a run stopped midway leaves every method's first seeds, not one method's all.
+    todo += [(t, m, meth, s) for s in args.seeds for t in args.tasks for m in models for meth in args.methods]
     todo = [] if args.report_only else [k for k in todo if k not in have]
     if not done and not todo:
         p.error(f"nothing to report: {done_file} holds no rows")
@@ -350,7 +433,7 @@ def main() -> None:
             with gpus.env() as GPU_ENV.env:
                 result = zero_shot(task, models[label], args.threads) if method == "zero-shot" \
                     else train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
-                                   args.threads, args.evals, args.val_size, args.budget_tokens)
+                                   args.threads, args.evals, args.val_size, budgets.get(task, 0.0))
         except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
             print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
                   flush=True)
@@ -364,7 +447,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done += [row for row in pool.map(run, todo) if row is not None]
-    summary, table = summarize(done)
+    summary, table = summarize(done, classes)
     try:
         plot(done, Path(args.out).with_suffix(".png"))
     except ImportError as e:  # no matplotlib (a GPU image): plot() can be called later on rows.jsonl
@@ -372,15 +455,16 @@ def main() -> None:
     extra = "; ".join(f"{engine} engine: `{' '.join(flags)}`" for engine, flags in EXTRA.items() if flags)
     # Each row names the machine it ran on: a report may gather rows of several runs.
     machines = "; ".join(sorted({r.get("machine", "not recorded") for r in done}))
-    budget = f"{args.budget_tokens:,} forward tokens" if args.budget_tokens else \
-        f"{args.budget_min:g} min of training"
+    budget = (", ".join(f"{t} {n:,.0f}" for t, n in budgets.items()) + " forward tokens") \
+        if args.budget_tokens else f"{args.budget_min:g} min of training"
     scoring = (f"accuracy: the validation split's best of {args.evals} scorings and step 0, final adapter: "
                "its last; no test set read (--tuning-only)") if TUNING_ONLY else \
         ("accuracy: the test set scored with the adapter of the best validation score "
          f"({args.evals} scorings and step 0), final adapter: with the last; "
          "test sets: SST-2 dev (872), SuperGLUE val")
     write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
-                             "budget_tokens": args.budget_tokens, "tuning_only": TUNING_ONLY,
+                             "budget_tokens": budgets if args.budget_tokens else 0,
+                             "tuning_only": TUNING_ONLY, "zero_shot_engine": ZERO_SHOT_ENGINE,
                              "jobs": args.jobs, "gpus": args.gpus, "extra_args": EXTRA, "models": models,
                              "summary": summary, "rows": done},
                   table + f"\n\nBudget {budget} per row ({args.jobs} rows "
