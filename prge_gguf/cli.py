@@ -173,8 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
-    from converters.peft import hf_modules, peft_targets
     from prge_gguf.gguf_header import read_header
+    from prge_gguf.hf_names import hf_modules, peft_targets
     from prge_gguf.lora import default_targets, model_targets, untargeted
     from prge_gguf.models import model_path
 

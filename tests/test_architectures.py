@@ -88,7 +88,7 @@ def run(work: Path, kind: str) -> tuple[Path, str]:
 
 def peft_part(adapter: LoraAdapter) -> LoraAdapter:
     """`adapter` without the tensors no PEFT module names (a mixture of experts' experts)."""
-    from converters.peft import peft_unnamed
+    from prge_gguf.hf_names import peft_unnamed
 
     keep = [n for n in adapter.names if n not in peft_unnamed(adapter)]
     return LoraAdapter(adapter.architecture, adapter.alpha, {n: adapter.a[n] for n in keep},

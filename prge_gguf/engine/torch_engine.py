@@ -13,11 +13,11 @@ from types import MappingProxyType
 
 import numpy as np
 
-from converters.peft import hf_modules, lora_b_rows
 from prge_gguf.data import TokenizedExample
 from prge_gguf.engine.base import AdapterSet, ScoreRequest
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
+from prge_gguf.hf_names import hf_modules, lora_b_rows
 from prge_gguf.lora import TARGET_NAME, LoraAdapter
 
 try:
