@@ -12,7 +12,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 from tqdm import tqdm
 
-from prge_gguf.data import TokenizedExample, example_loss, option_scores
 from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
@@ -28,6 +27,7 @@ from prge_gguf.optim import (
 )
 from prge_gguf.prge import PairLoss, descend
 from prge_gguf.run_dir import RunDir
+from prge_gguf.scoring import TokenizedExample, example_loss, option_scores
 from prge_gguf.threads import thread_map
 
 LOSSES = ("label", "vocab")

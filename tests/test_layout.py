@@ -46,3 +46,17 @@ def test_only_the_front_end_calls_converters_and_lazily(name):
         assert not [m for m, top in uses if top], f"{name} imports converters at load time"
     else:
         assert not uses, f"{name} is core and imports {uses[0][0]}: converters build on the core"
+
+
+DATA = ("prge_gguf.data", "prge_gguf.lm_data", "prge_gguf.tasks")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_engines_and_data_meet_only_in_scoring(name):
+    imported = {m for m, _ in _imports(MODULES[name])}
+    if _within(name, "prge_gguf.engine"):
+        assert not [m for m in imported if any(_within(m, d) for d in DATA)], f"{name} imports data"
+    if any(_within(name, d) for d in DATA):
+        assert not [m for m in imported if _within(m, "prge_gguf.engine")], f"{name} imports an engine"
+    if name == "prge_gguf.scoring":
+        assert not [m for m in imported if m.startswith("prge_gguf")], "scoring sits beneath both"

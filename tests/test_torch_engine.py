@@ -209,9 +209,8 @@ def test_the_torch_loss_stays_on_the_log_probs_device():
     # The meta device stands in for a GPU here (no data, but device checks as strict).
     import torch
 
-    from prge_gguf.data import TokenizedExample
-    from prge_gguf.engine.base import ScoreRequest
     from prge_gguf.engine.torch_engine import _torch_loss
+    from prge_gguf.scoring import ScoreRequest, TokenizedExample
 
     ex = TokenizedExample(requests=(ScoreRequest((1, 2), (1,), ((5, 6),)),), owners=(((0, 1),),),
                           n_options=2, label=1)
