@@ -34,7 +34,7 @@ TRAIN_KEYS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_de
 SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
                "truncate", "engine", "adapter")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64, "engine": "llama", "device": "cpu"}
+DEFAULTS = {"n_gpu_layers": 0, "engine": "llama", "device": "cpu"}
 # Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
 MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
 FILE_KEYS = (*TRAIN_KEYS, *SOURCE_KEYS, "out", *MACHINE_KEYS)
@@ -123,5 +123,4 @@ def resolve(values: Mapping[str, object]) -> Settings:
 
         saved = RunDir.saved_machine(Path(str(given["resume"])))
         given = {k: v for k, v in saved.items() if k in MACHINE_KEYS and v is not None} | given
-    defaults = {k: v for k, v in DEFAULTS.items() if k in SETTINGS}
-    return Settings(**(defaults | given), given=chosen)
+    return Settings(**(DEFAULTS | given), given=chosen)
