@@ -60,3 +60,21 @@ def test_engines_and_data_meet_only_in_scoring(name):
         assert not [m for m in imported if _within(m, "prge_gguf.engine")], f"{name} imports an engine"
     if name == "prge_gguf.scoring":
         assert not [m for m in imported if m.startswith("prge_gguf")], "scoring sits beneath both"
+
+
+# What training and evaluation load, and `--help` or `info` must not (info reads a GGUF header
+# with the gguf package, which needs numpy).
+TRAINING_MACHINERY = ("llama_cpp", "torch", "transformers", "jinja2", "tqdm")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["info"]])
+def test_start_up_loads_no_training_machinery(argv):
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom prge_gguf.cli import main\ntry:\n    main({argv!r})\n"
+            "except SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {TRAINING_MACHINERY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    assert out.splitlines()[-1] == "[]"
