@@ -25,7 +25,8 @@ from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.hf_names import QKV, hf_modules, lora_b_rows, peft_unnamed
-from prge_gguf.lora import TARGET_NAME, LoraAdapter
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.targets import TARGET_NAME
 
 _PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 

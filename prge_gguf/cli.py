@@ -12,16 +12,17 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.estimators import ESTIMATORS
-from prge_gguf.lora import ALL_TARGETS, DEFAULT_TARGETS, base_fingerprint, target_shapes
-from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS
 from prge_gguf.settings import (
     CPU_MAX_N_CTX,
+    DEFAULT_LR,
     GPU_MAX_N_CTX,
     GPU_ZO_BATCH,
     MAX_N_CTX,
+    OPTIMIZERS,
     SETTINGS,
     resolve,
 )
+from prge_gguf.targets import ALL_TARGETS, DEFAULT_TARGETS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -180,7 +181,7 @@ def show_info(model: str | None) -> int:
     tensor types and LoRA targets, or, for an adapter file, its rank, targets and base."""
     from prge_gguf.gguf_header import read_header
     from prge_gguf.hf_names import hf_modules, peft_targets
-    from prge_gguf.lora import default_targets, model_targets, untargeted
+    from prge_gguf.lora import base_fingerprint, default_targets, model_targets, target_shapes, untargeted
     from prge_gguf.models import model_path
 
     path = model_path(model)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from prge_gguf.lora import TARGET_NAME, LoraAdapter
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.targets import TARGET_NAME
 
 # llama.cpp projection -> Hugging Face module path inside a decoder layer.
 HF_MODULES = {

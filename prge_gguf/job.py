@@ -17,7 +17,6 @@ from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.inputs import check_base, datasets, describe, open_engine, read_adapter, tokenize_all
 from prge_gguf.lora import LoraAdapter
 from prge_gguf.models import model_path
-from prge_gguf.optim import ZEROTH_ORDER, architecture_defaults
 from prge_gguf.settings import (
     CPU_MAX_N_CTX,
     GPU_MAX_N_CTX,
@@ -25,7 +24,9 @@ from prge_gguf.settings import (
     MACHINE_KEYS,
     SOURCE_KEYS,
     TRAIN_KEYS,
+    ZEROTH_ORDER,
     Settings,
+    architecture_defaults,
 )
 
 if TYPE_CHECKING:  # the run folder's module loads with the job, not with the CLI

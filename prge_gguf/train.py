@@ -15,12 +15,15 @@ from tqdm import tqdm
 from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
-from prge_gguf.estimators import ESTIMATORS, Oracle, own_state, refusal
-from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter
-from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER, Optimizer, OptimizerState, make_optimizer
+from prge_gguf.estimators import ESTIMATORS, own_state, refusal
+from prge_gguf.estimators.base import Oracle
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.optim import Optimizer, OptimizerState, make_optimizer
 from prge_gguf.prge import PairLoss
 from prge_gguf.run_dir import RunDir
 from prge_gguf.scoring import TokenizedExample, example_loss, option_scores
+from prge_gguf.settings import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
+from prge_gguf.targets import DEFAULT_TARGETS
 from prge_gguf.threads import thread_map
 
 LOSSES = ("label", "vocab")

@@ -23,8 +23,9 @@ from prge_gguf.cli import main
 from prge_gguf.engine import ScoreRequest
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import TARGETS, LoraAdapter, read_gguf, write_gguf
+from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 from prge_gguf.synthetic import ARCHS, write_tiny
+from prge_gguf.targets import TARGETS
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from prge_gguf.cli import main
-from prge_gguf.optim import BETAS, DEFAULT_LR, EPS, AdamW, Momentum, Sgd, make_optimizer
+from prge_gguf.optim import BETAS, EPS, AdamW, Momentum, Sgd, make_optimizer
+from prge_gguf.settings import DEFAULT_LR
 from prge_gguf.train import TrainConfig
 
 SHAPES = {"blk.0.attn_v.weight.lora_b": (4, 3), "blk.0.attn_v.weight.lora_a": (3, 5)}
@@ -79,7 +80,7 @@ def test_the_optimizer_of_each_name_resumes_from_its_state_dict():
 
 
 def test_gemma3_takes_its_own_zeroth_order_defaults():
-    from prge_gguf.optim import architecture_defaults
+    from prge_gguf.settings import architecture_defaults
 
     assert architecture_defaults("gemma3", "zo") == pytest.approx({"lr": 1e-3, "eps": 2e-2})
     assert architecture_defaults("gemma3", "zo-momentum") == pytest.approx({"lr": 1e-4, "eps": 2e-2})

@@ -9,7 +9,8 @@ from converters.peft import from_peft, to_peft
 from prge_gguf.cli import main
 from prge_gguf.errors import PrgeError
 from prge_gguf.hf_names import peft_unnamed, rope_rows_to_gguf, rope_rows_to_hf
-from prge_gguf.lora import TARGETS, LoraAdapter, init_lora_fa, read_gguf, write_gguf
+from prge_gguf.lora import LoraAdapter, init_lora_fa, read_gguf, write_gguf
+from prge_gguf.targets import TARGETS
 
 
 def _trained(header, seed=0, scale=0.05):

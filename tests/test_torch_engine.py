@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from prge_gguf import cli, job
-from prge_gguf.lora import TARGETS, init_lora_fa, read_gguf
+from prge_gguf.lora import init_lora_fa, read_gguf
 from prge_gguf.run_dir import RunDir
+from prge_gguf.targets import TARGETS
 from prge_gguf.tasks import builtin_task, tokenize
 from prge_gguf.train import TrainConfig, losses_of, train
 

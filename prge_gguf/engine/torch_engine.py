@@ -17,8 +17,9 @@ from prge_gguf.engine.base import AdapterSet
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.hf_names import hf_modules, lora_b_rows
-from prge_gguf.lora import TARGET_NAME, LoraAdapter
+from prge_gguf.lora import LoraAdapter
 from prge_gguf.scoring import ScoreRequest, TokenizedExample
+from prge_gguf.targets import TARGET_NAME
 
 try:
     import torch
