@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-EstimateFn = Callable[..., Any]  # -> base.Estimate
+if TYPE_CHECKING:
+    from prge_gguf.estimators.base import Estimate
+
+EstimateFn = Callable[..., "Estimate"]
 
 
 def _estimate(name: str) -> EstimateFn:
     """`estimate` of the module `name`, imported at the first call."""
 
-    def call(*args: object, **kwargs: object) -> Any:
+    def call(*args: object, **kwargs: object) -> Estimate:
         return importlib.import_module(f"{__name__}.{name}").estimate(*args, **kwargs)
 
     return call
