@@ -24,64 +24,11 @@ from safetensors.numpy import load_file, save_file
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import GGUFHeader
-from prge_gguf.lora import TARGET_NAME, LoraAdapter
+from prge_gguf.hf_names import QKV, hf_modules, lora_b_rows, peft_unnamed
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.targets import TARGET_NAME
 
-# llama.cpp projection -> Hugging Face module path inside a decoder layer.
-HF_MODULES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-# Where an architecture's Hugging Face modules differ: Phi-3 keeps q, k, v in one qkv_proj and
-# gate, up in one gate_up_proj, rows in the same order as llama.cpp's attn_qkv and ffn_up (its
-# converter copies them unchanged). Elsewhere a fused attn_qkv (--fuse-qkv) has no module.
-_HF_FUSED = {"phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}}
 _PEFT_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
-# Architectures whose GGUF q/k rows are in llama.cpp's RoPE order rather than Hugging Face's:
-# those convert_hf_to_gguf writes through LlamaModel with undo_permute (conversion/llama.py,
-# granite.py).
-_PERMUTED = {"llama", "smollm3", "granite", "granitemoe"}
-# The projections a fused attn_qkv stacks, in its row order.
-_QKV = ("attn_q", "attn_k", "attn_v")
-
-
-def hf_modules(architecture: str) -> dict[str, str]:
-    """llama.cpp projection -> Hugging Face module path, for a model of `architecture`."""
-    return HF_MODULES | _HF_FUSED.get(architecture, {})
-
-
-def rope_rows_to_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row order: per head, rows (half, pair) -> (pair, half)."""
-    out = rows.shape[0]
-    return rows.reshape(n_head, out // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
-
-
-def rope_rows_to_gguf(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's q/k row order from Hugging Face's (the inverse of `rope_rows_to_hf`)."""
-    out = rows.shape[0]
-    return rows.reshape(n_head, 2, out // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
-
-
-def lora_b_rows(b: np.ndarray, target: str, architecture: str, n_head: int, n_head_kv: int, *,
-                to_hf: bool) -> np.ndarray:
-    """lora_B with its rows in Hugging Face's order (`to_hf`) or back in the GGUF's: only the
-    q/k projections of RoPE-permuted architectures differ."""
-    if architecture not in _PERMUTED or target not in ("attn_q", "attn_k"):
-        return b
-    heads = n_head if target == "attn_q" else n_head_kv
-    return (rope_rows_to_hf if to_hf else rope_rows_to_gguf)(b, heads)
-
-
-def peft_targets(architecture: str) -> set[str]:
-    """The projections a PEFT folder can hold for a model of `architecture` (attn_qkv always: as
-    q, k, v where Hugging Face has no fused module)."""
-    return {*hf_modules(architecture), "attn_qkv"}
-
-
-def peft_unnamed(adapter: LoraAdapter) -> list[str]:
-    """The tensors of `adapter` that no PEFT module stands for (`to_peft` refuses them)."""
-    modules = peft_targets(adapter.architecture)
-    return [n for n in adapter.names if not ((m := TARGET_NAME.match(n)) and m.group(2) in modules)]
 
 
 def split_qkv(adapter: LoraAdapter, n_head: int, n_head_kv: int) -> LoraAdapter:
@@ -97,7 +44,7 @@ def split_qkv(adapter: LoraAdapter, n_head: int, n_head_kv: int) -> LoraAdapter:
             continue
         head = adapter.b[name].shape[0] // (n_head + 2 * n_head_kv)
         parts = np.split(adapter.b[name], [n_head * head, (n_head + n_head_kv) * head])
-        for target, part in zip(_QKV, parts, strict=True):
+        for target, part in zip(QKV, parts, strict=True):
             split = f"blk.{m.group(1)}.{target}.weight"
             a[split], b[split] = adapter.a[name], part
     return LoraAdapter(adapter.architecture, adapter.alpha, a, b, adapter.fingerprint)
@@ -106,9 +53,9 @@ def split_qkv(adapter: LoraAdapter, n_head: int, n_head_kv: int) -> LoraAdapter:
 def _fuse_qkv(a: dict[str, np.ndarray], b: dict[str, np.ndarray], source: Path) -> None:
     """Replace, in place, each block's q, k, v LoRAs by one attn_qkv LoRA (the inverse of
     `split_qkv`): exact only where the three share A, so anything else is refused."""
-    layers = sorted({m.group(1) for n in a if (m := TARGET_NAME.match(n)) and m.group(2) in _QKV})
+    layers = sorted({m.group(1) for n in a if (m := TARGET_NAME.match(n)) and m.group(2) in QKV})
     for layer in layers:
-        names = [f"blk.{layer}.{t}.weight" for t in _QKV]
+        names = [f"blk.{layer}.{t}.weight" for t in QKV]
         if not all(n in a and np.array_equal(a[n], a[names[0]]) for n in names):
             raise PrgeError(f"{source}: block {layer}: this model fuses q, k and v into one attn_qkv, which "
                             "takes q_proj, k_proj and v_proj LoRAs only with one shared lora_A (as "

@@ -1,4 +1,5 @@
-"""The Python API: `finetune` and `evaluate`, what `prge-gguf train` and `prge-gguf eval` run.
+"""The Python API: `finetune`, `evaluate`, `generate` and `export`, what the `prge-gguf` commands
+of those names (`train` for `finetune`) run.
 
     from prge_gguf import finetune, evaluate
     run = finetune(task="sst2", out="runs/sst2", steps=200, on_metrics=print)
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,86 @@ def evaluate(model: str | None = None, data: str | None = None, *, adapter: str 
         m = evaluate_examples(engine, tokenize_all(engine, examples, s), loaded, s.loss or "label")
         m["seconds"] = time.perf_counter() - t0
     return m
+
+
+EXPORT_FORMATS = ("peft", "gguf", "merged", "ollama")
+
+
+def export(adapter: str | Path, to: str, out: str | Path, *, model: str | None = None, force: bool = False,
+           merged_type: str = "Q8_0") -> Path:
+    """Write `adapter` (a GGUF file or PEFT folder, for the base `model`) as `to`: "peft" (a PEFT
+    folder), "gguf" (llama.cpp's adapter file), "merged" (the base GGUF with the adapter in, its
+    merged tensors in `merged_type`: Q8_0, F16, ... or "base") or "ollama" (a folder of
+    Modelfile + adapter.gguf), as `prge-gguf export` does; returns `out`. `force` replaces an
+    existing output (never an input)."""
+    from converters.peft import to_peft_for
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.inputs import read_adapter
+    from prge_gguf.lora import write_gguf
+    from prge_gguf.models import model_path
+    from prge_gguf.outputs import check_output_file, check_output_folder, replace_folder
+
+    if to not in EXPORT_FORMATS:
+        raise PrgeError(f"--to {to}: expected one of {', '.join(EXPORT_FORMATS)}")
+    header = read_header(model_path(model))
+    inputs = (str(adapter), header.path)
+    if to in ("peft", "ollama"):
+        out = check_output_folder(out, force=force, inputs=inputs)
+    else:
+        out = check_output_file(out, force=force, inputs=inputs)
+    loaded = read_adapter(str(adapter), header)
+    try:
+        if to == "peft":
+            replace_folder(out, lambda tmp: to_peft_for(loaded, tmp, header))
+        elif to == "ollama":
+            replace_folder(out, lambda tmp: _write_ollama(tmp, out, loaded, header))
+        elif to == "merged":
+            from converters.merge import merge
+
+            merge(header.path, loaded, out, merged_type)
+        else:
+            write_gguf(loaded, out)
+    except OSError as exc:
+        raise PrgeError(f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written"
+                        ) from None
+    return out
+
+
+def _write_ollama(folder: Path, final: Path, adapter, header) -> None:
+    """adapter.gguf and a Modelfile naming it where `folder` will stand, at `final`."""
+    from converters.ollama import modelfile
+    from prge_gguf.lora import write_gguf
+
+    write_gguf(adapter, folder / "adapter.gguf")
+    (folder / "Modelfile").write_text(modelfile(header.path, final / "adapter.gguf", header))
+
+
+GENERATE_SETTINGS = ("model", "engine", "device", "threads", "n_gpu_layers", "n_ctx")
+
+
+def generate(prompts: Sequence[str], model: str | None = None, *, adapter: str | None = None,
+             chat: bool = False, max_tokens: int = 64, **settings: object) -> list[str]:
+    """Greedy completions of `prompts` by `model` (with `adapter`, a GGUF file or PEFT folder), at
+    most `max_tokens` each, as `prge-gguf generate` prints them; `chat` sends each prompt as a
+    user turn through the model's chat template. Runs on the llama engine."""
+    from prge_gguf.inputs import open_engine, read_adapter
+    from prge_gguf.lm_data import generation_prompt
+
+    if unknown := sorted(set(settings) - set(GENERATE_SETTINGS)):
+        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(GENERATE_SETTINGS)})")
+    s = resolve({"model": model, "adapter": adapter, **settings})
+    if s.engine != "llama":
+        raise PrgeError("generate runs on the llama engine (drop --engine torch)")
+    completions = []
+    with open_engine(s) as engine:
+        adapters = [(read_adapter(s.adapter, engine.header), 1.0)] if s.adapter else []
+        for prompt in prompts:
+            if chat:
+                if not engine.chat_template:
+                    raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template")
+                text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
+                tokens = engine.tokenize(text, add_special=True, parse_special=True)
+            else:
+                tokens = engine.tokenize(prompt, add_special=True)
+            completions.append(engine.detokenize(engine.generate(tokens, adapters, max_tokens)))
+    return completions

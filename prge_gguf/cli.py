@@ -12,17 +12,17 @@ from pathlib import Path
 from prge_gguf import __version__
 from prge_gguf.errors import PrgeError
 from prge_gguf.estimators import ESTIMATORS
-from prge_gguf.lora import ALL_TARGETS, DEFAULT_TARGETS, base_fingerprint, target_shapes
-from prge_gguf.optim import DEFAULT_LR, OPTIMIZERS
 from prge_gguf.settings import (
     CPU_MAX_N_CTX,
-    DEFAULTS,
+    DEFAULT_LR,
     GPU_MAX_N_CTX,
     GPU_ZO_BATCH,
     MAX_N_CTX,
+    OPTIMIZERS,
     SETTINGS,
     resolve,
 )
+from prge_gguf.targets import ALL_TARGETS, DEFAULT_TARGETS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "DIR/Modelfile'")
     ex.add_argument("--out", required=True, help="output folder (peft, ollama) or .gguf file")
     ex.add_argument("--force", action="store_true", help="replace an existing output (never an input)")
-    ex.add_argument("--type", default="Q8_0",
+    ex.add_argument("--type", dest="merged_type",
                     help="merged tensors' type: Q8_0 (default), F16, Q4_0, ... or base (keep each type)")
     ex.add_argument("--model", help="its base model GGUF (default: the shipped SmolLM2 model)")
 
@@ -173,12 +173,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """`prge-gguf info`: what a GGUF model holds, and what LoRA can target in it."""
-    from converters.peft import hf_modules, peft_targets
+    return show_info(args.model)
+
+
+def show_info(model: str | None) -> int:
+    """Print what the GGUF `model` (a path or a shipped model's name) holds: its architecture,
+    tensor types and LoRA targets, or, for an adapter file, its rank, targets and base."""
     from prge_gguf.gguf_header import read_header
-    from prge_gguf.lora import default_targets, model_targets, untargeted
+    from prge_gguf.hf_names import hf_modules, peft_targets
+    from prge_gguf.lora import base_fingerprint, default_targets, model_targets, target_shapes, untargeted
     from prge_gguf.models import model_path
 
-    path = model_path(args.model)
+    path = model_path(model)
     h = read_header(path)
     md = h.metadata
     arch = h.architecture
@@ -232,68 +238,24 @@ def _adapter_info(path: Path) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """`prge-gguf generate`: greedy completions, as a sanity check of an adapter."""
+    from prge_gguf.api import GENERATE_SETTINGS, generate
     from prge_gguf.data import unescape_template
-    from prge_gguf.inputs import open_engine, read_adapter
-    from prge_gguf.lm_data import generation_prompt
 
-    if args.engine != "llama":
-        raise PrgeError("generate runs on the llama engine (drop --engine torch)")
-    with open_engine(args) as engine:
-        adapters = [(read_adapter(args.adapter, engine.header), 1.0)] if args.adapter else []
-        for prompt in map(unescape_template, args.prompt):
-            if args.chat:
-                if not engine.chat_template:
-                    raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template")
-                text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
-                tokens = engine.tokenize(text, add_special=True, parse_special=True)
-            else:
-                tokens = engine.tokenize(prompt, add_special=True)
-            completion = engine.detokenize(engine.generate(tokens, adapters, args.max_tokens))
-            print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+    prompts = [unescape_template(p) for p in args.prompt]
+    completions = generate(prompts, adapter=args.adapter, chat=args.chat,
+                           **_given(args, *GENERATE_SETTINGS, "max_tokens"))
+    for prompt, completion in zip(prompts, completions, strict=True):
+        print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`prge-gguf export`: GGUF adapter <-> PEFT folder, or merged into the base model."""
-    from converters.peft import to_peft_for
-    from prge_gguf.gguf_header import read_header
-    from prge_gguf.inputs import read_adapter
-    from prge_gguf.lora import write_gguf
-    from prge_gguf.models import model_path
-    from prge_gguf.outputs import check_output_file, check_output_folder, replace_folder
+    from prge_gguf.api import export
 
-    header = read_header(model_path(args.model))
-    inputs = (args.adapter, header.path)
-    if args.to in ("peft", "ollama"):
-        out = check_output_folder(args.out, force=args.force, inputs=inputs)
-    else:
-        out = check_output_file(args.out, force=args.force, inputs=inputs)
-    adapter = read_adapter(args.adapter, header)
-    try:
-        if args.to == "peft":
-            replace_folder(out, lambda tmp: to_peft_for(adapter, tmp, header))
-        elif args.to == "ollama":
-            replace_folder(out, lambda tmp: _write_ollama(tmp, out, adapter, header))
-        elif args.to == "merged":
-            from converters.merge import merge
-
-            merge(header.path, adapter, out, args.type)
-        else:
-            write_gguf(adapter, out)
-    except OSError as exc:
-        raise PrgeError(f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written"
-                        ) from None
+    out = export(args.adapter, args.to, args.out, force=args.force, **_given(args, "model", "merged_type"))
     print(f"wrote {out}")
     return 0
-
-
-def _write_ollama(folder: Path, final: Path, adapter, header) -> None:
-    """adapter.gguf and a Modelfile naming it where `folder` will stand, at `final`."""
-    from converters.ollama import modelfile
-    from prge_gguf.lora import write_gguf
-
-    write_gguf(adapter, folder / "adapter.gguf")
-    (folder / "Modelfile").write_text(modelfile(header.path, final / "adapter.gguf", header))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -304,11 +266,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fill_unset(args: argparse.Namespace, values: dict) -> None:
-    """Set each of `values` where this command has the flag and its command line left it unset."""
-    for key, value in values.items():
-        if hasattr(args, key) and getattr(args, key) is None:
-            setattr(args, key, value)
+def _given(args: argparse.Namespace, *keys: str) -> dict[str, object]:
+    """The flags among `keys` that the command line set: the rest keep the API's defaults."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -325,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
                "generate": cmd_generate, "export": cmd_export}[args.command]
     try:
-        if args.command != "train":  # train's settings resolve in `settings.resolve`
-            _fill_unset(args, DEFAULTS)
         return handler(args)
     except PrgeError as exc:
         # One line, whatever a message quotes from the input (a value with a newline in it).

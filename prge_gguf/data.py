@@ -1,4 +1,5 @@
-"""Classification data: files -> examples -> token-level score requests, and their losses.
+"""Classification data: files -> examples -> token-level score requests (`scoring` turns the
+engine's log-probs into option scores and losses).
 
 An example is a context and k options; its score for option j is the summed
 log-prob of option j's tokens after the context. Single-token options share one
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prge_gguf.engine.base import Engine, ScoreRequest
 from prge_gguf.errors import PrgeError
+from prge_gguf.scoring import ScoreRequest, TokenizedExample, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -30,28 +31,6 @@ class Example:
     options: tuple[str, ...]
     label: int
     place: str = ""  # "file:line", for errors
-
-
-@dataclass(frozen=True)
-class TokenizedExample:
-    """Score requests of one example; `owners[r][p][c]` is the option the candidate belongs to."""
-
-    requests: tuple[ScoreRequest, ...]
-    owners: tuple[tuple[tuple[int, ...], ...], ...]
-    n_options: int
-    label: int
-    n_scored: int = 0  # > 0: a language-modelling example (mean NLL of n_scored tokens), not a choice
-    place: str = ""  # "file:line", for errors
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens decoded to score this example (all its sequences)."""
-        return sum(r.n_tokens for r in self.requests)
-
-    @property
-    def longest(self) -> int:
-        """Length of its longest sequence."""
-        return max(r.n_tokens for r in self.requests)
 
 
 def parse_label_words(spec: str) -> dict[str, str]:
@@ -218,7 +197,7 @@ def _json_list_records(path: Path, text: str) -> list[tuple[str, dict]]:
     return [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
 
 
-def tokenize_example(engine: Engine, ex: Example) -> TokenizedExample:
+def tokenize_example(engine: Tokenizer, ex: Example) -> TokenizedExample:
     """Build the score requests for one example."""
     ctx = engine.tokenize(ex.context, add_special=True)
     opts = [engine.tokenize(o, add_special=False) for o in ex.options]
@@ -275,23 +254,3 @@ def fit_length(ex: TokenizedExample, max_len: int) -> TokenizedExample:
         raise PrgeError(f"{ex.place}: nothing left to score within --max-seq-len {max_len}")
     return TokenizedExample(tuple(requests), tuple(owners), ex.n_options, ex.label, n_scored, ex.place)
 
-
-def option_scores(ex: TokenizedExample, results: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
-    """Summed log-prob of each option's tokens, from the engine's results for `ex.requests`."""
-    scores = np.zeros(ex.n_options)
-    for req_owners, req_results in zip(ex.owners, results, strict=True):
-        for pos_owners, logprobs in zip(req_owners, req_results, strict=True):
-            np.add.at(scores, list(pos_owners), logprobs)
-    return scores
-
-
-def example_loss(ex: TokenizedExample, scores: np.ndarray, kind: str) -> float:
-    """Language modelling: mean token NLL. Choices: `label`, cross-entropy over the options;
-    `vocab`, the true option's full-vocabulary NLL."""
-    if ex.n_scored:
-        return float(-scores[0] / ex.n_scored)
-    label = ex.label
-    if kind == "vocab":
-        return float(-scores[label])
-    peak = scores.max()
-    return float(peak + np.log(np.exp(scores - peak).sum()) - scores[label])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 from prge_gguf.engine.base import Engine
@@ -16,11 +15,8 @@ from prge_gguf.models import model_path
 from prge_gguf.settings import DEFAULT_TEMPLATE, MAX_N_CTX, Settings
 from prge_gguf.tasks import Task
 
-# Training jobs come as Settings; the other commands' flags as the parsed command line.
-Source = Settings | Namespace
 
-
-def open_engine(s: Source) -> Engine:
+def open_engine(s: Settings) -> Engine:
     """The engine of `s.engine` on `s.model` (loaded now; the context is made at the first decode)."""
     n_ctx = s.n_ctx or MAX_N_CTX
     if s.engine == "torch":
@@ -30,10 +26,10 @@ def open_engine(s: Source) -> Engine:
     from prge_gguf.engine.llama import LlamaEngine
 
     return LlamaEngine(model_path(s.model), n_ctx=n_ctx, threads=s.threads,
-                       n_gpu_layers=s.n_gpu_layers, parallel=getattr(s, "parallel", None))
+                       n_gpu_layers=s.n_gpu_layers, parallel=s.parallel)
 
 
-def task_of(s: Source) -> Task:
+def task_of(s: Settings) -> Task:
     """The built-in task of --task, or one made of --template and --label-words; either flag
     given with --task replaces that part of the task."""
     from prge_gguf.data import check_template, parse_label_words, unescape_template
@@ -52,7 +48,7 @@ def task_of(s: Source) -> Task:
     return dataclasses.replace(task, label_words=label_words) if label_words else task
 
 
-def data_files(s: Source, task: Task) -> dict[str, Path | None]:
+def data_files(s: Settings, task: Task) -> dict[str, Path | None]:
     """train / valid / test files: --data FILE or a --data DIR holding {train,valid,test}.jsonl
     (MLX-LM's layout), else the task's shipped files; --valid overrides."""
     files: dict[str, Path | None] = {"train": task.train_file, "valid": task.dev_file, "test": None}
@@ -68,7 +64,7 @@ def data_files(s: Source, task: Task) -> dict[str, Path | None]:
     return files
 
 
-def datasets(s: Source) -> tuple[list, list]:
+def datasets(s: Settings) -> tuple[list, list]:
     """(train examples, held-out examples) from --task and/or --data/--valid."""
     task = task_of(s)
     files = data_files(s, task)
@@ -78,7 +74,7 @@ def datasets(s: Source) -> tuple[list, list]:
     return task.examples(files["train"]), task.examples(held_out) if held_out else []
 
 
-def eval_examples(s: Source) -> list:
+def eval_examples(s: Settings) -> list:
     """The examples `eval` scores: --valid, else a data folder's test (or valid) split, else the
     --data file, else the task's dev set; the first `s.limit` of them where that is set."""
     task = task_of(s)
@@ -95,7 +91,7 @@ def eval_examples(s: Source) -> list:
     return examples[: s.limit] if s.limit else examples
 
 
-def tokenize_all(engine: Engine, examples: list, s: Source) -> list:
+def tokenize_all(engine: Engine, examples: list, s: Settings) -> list:
     """Tokenize; sequences over --max-seq-len stop with an error naming the record, or are cut."""
     from prge_gguf.data import fit_length
     from prge_gguf.tasks import tokenize

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prge_gguf import __version__
 from prge_gguf.distributed import Workers
@@ -16,7 +17,6 @@ from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.inputs import check_base, datasets, describe, open_engine, read_adapter, tokenize_all
 from prge_gguf.lora import LoraAdapter
 from prge_gguf.models import model_path
-from prge_gguf.optim import ZEROTH_ORDER, architecture_defaults
 from prge_gguf.settings import (
     CPU_MAX_N_CTX,
     GPU_MAX_N_CTX,
@@ -24,8 +24,13 @@ from prge_gguf.settings import (
     MACHINE_KEYS,
     SOURCE_KEYS,
     TRAIN_KEYS,
+    ZEROTH_ORDER,
     Settings,
+    architecture_defaults,
 )
+
+if TYPE_CHECKING:  # the run folder's module loads with the job, not with the CLI
+    from prge_gguf.run_dir import RunDir
 
 
 def _start_adapter(path: str, header: GGUFHeader, overrides: dict) -> LoraAdapter:
@@ -61,6 +66,13 @@ def _check_resume_flags(s: Settings, saved: dict) -> None:
                             "or start a new run with --out")
 
 
+def _save_peft(run: RunDir, adapter: LoraAdapter, header: GGUFHeader) -> Path:
+    """The run's PEFT copy of `adapter`, `peft/`, for the model of `header`."""
+    from converters.peft import to_peft_for
+
+    return run.save_peft(lambda tmp: to_peft_for(adapter, tmp, header))
+
+
 def run_training(s: Settings, on_metrics: Callable[[dict], None] | None = None) -> Path:
     """Train as `s` says: a new run in `s.out`, or `s.resume` one; returns the run folder. Each
     row the run logs (a step's loss, an evaluation) also goes to `on_metrics`."""
@@ -73,9 +85,9 @@ def run_training(s: Settings, on_metrics: Callable[[dict], None] | None = None) 
 
 def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] | None = None) -> Path:
     """Training on one rank (of one, or of a distributed job); rank 0 writes the run."""
-    from converters.peft import peft_unnamed
     from prge_gguf.data import decode_size
     from prge_gguf.gguf_header import read_header
+    from prge_gguf.hf_names import peft_unnamed
     from prge_gguf.lora import check_rank, default_targets, init_lora_fa, num_layers_of, untargeted
     from prge_gguf.memory import check_fits, train_bytes
     from prge_gguf.outputs import check_run_folder
@@ -179,7 +191,7 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
                              "final_eval_accuracy": final["accuracy"], "eval_n": final["n"],
                              "train_s": train_s})
                 say(f"final: eval {describe(final)}; training took {train_s:.0f} s")
-            peft = None if unnamed else run.save_peft(adapter, engine.header)
+            peft = None if unnamed else _save_peft(run, adapter, engine.header)
         finally:
             run.close()
     also = f" and {peft} (PEFT)" if peft else ""

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from prge_gguf.data import TokenizedExample
-from prge_gguf.engine.base import Engine, ScoreRequest
 from prge_gguf.errors import PrgeError
+from prge_gguf.scoring import ScoreRequest, TokenizedExample, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def chat_segments(template: str, special: dict[str, str], ex: LMExample) -> tupl
     return tuple((text, scored) for text, scored in segments if text)
 
 
-def tokenize_lm_example(engine: Engine, ex: LMExample) -> TokenizedExample:
+def tokenize_lm_example(engine: Tokenizer, ex: LMExample) -> TokenizedExample:
     """One score request over the whole sequence, reading each scored token's log-prob."""
     if ex.messages:
         if not engine.chat_template:

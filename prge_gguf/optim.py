@@ -13,9 +13,10 @@ Momentum (as `torch.optim.SGD(momentum=0.9)`): m <- b1 m + g, p <- p - lr (m + w
 with the decay folded into g first; for P-RGE it averages the estimates of past steps
 (ZO-SGD-MMT in the ZO benchmark of Zhang et al., 2024).
 
-The state is m (and for Adam v) of every tensor, one flat dict (`m/<name>`, `v/<name>`)
-that checkpoints save as it is; t is the training step, so it is not stored.
-An empty state is Adam's start (m = v = 0).
+Each optimizer is an object that holds its state and updates with it (`step`); the state is
+m (and for Adam v) of every tensor, one flat dict (`m/<name>`, `v/<name>`) that checkpoints
+save as `state_dict()` gives it; t is the training step, so it is not stored. An empty state
+is the start (m = v = 0).
 """
 
 from __future__ import annotations
@@ -25,78 +26,90 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# zo: P-RGE (SGD on its estimate); zo-momentum, zo-adam: P-RGE's estimate fed to heavy-ball
-# momentum or AdamW. sgd, adam: the first-order baseline, by backprop (torch engine).
-OPTIMIZERS = ("zo", "zo-momentum", "zo-adam", "sgd", "adam")
-ZEROTH_ORDER = ("zo", "zo-momentum", "zo-adam")
-# The learning rate when none is given. A P-RGE step follows one random direction scaled by a
-# noisy estimate, SGD the exact gradient; Adam's steps are ~lr per coordinate whatever the
-# gradient's scale, so it wants its own (LoRA fine-tuning's usual 1e-4..1e-3).
-# zo: the winner of the tuning sweeps on attn_q + attn_v (docs/design.md, Defaults); zo-momentum the
-# same step size (momentum 0.9 multiplies steps by ~10); zo-adam not tuned (it lagged at 1e-3).
-DEFAULT_LR = {"zo": 2e-2, "zo-momentum": 2e-3, "zo-adam": 1e-3, "sgd": 5e-3, "adam": 1e-3}
+from prge_gguf.prge import descend
+
 BETAS = (0.9, 0.999)  # Kingma & Ba's defaults, as torch, PEFT and TRL use them
 EPS = 1e-8
-
-# How far a P-RGE step should go depends on how strongly the model's loss reacts to its adapter.
-# The defaults above were tuned on SmolLM2 (a llama); in the tuning sweeps Gemma 3 270M diverged
-# at them and did best at 1/20 of the lr and eps 2e-2 (docs/design.md, Defaults). Other architectures
-# take the defaults. (lr factor for the SGD-like optimizers, eps for all zeroth-order ones.)
-ARCHITECTURE_ZO = {"gemma3": (0.05, 2e-2)}
-
-
-def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]:
-    """The lr and eps that replace the defaults for a zeroth-order `optimizer` on a model of
-    `architecture` (GGUF general.architecture); {} where the defaults stand."""
-    if architecture not in ARCHITECTURE_ZO or optimizer not in ZEROTH_ORDER:
-        return {}
-    lr_factor, eps = ARCHITECTURE_ZO[architecture]
-    scaled = {"lr": DEFAULT_LR[optimizer] * lr_factor} if optimizer != "zo-adam" else {}
-    return {**scaled, "eps": eps}
 
 
 OptimizerState = dict[str, np.ndarray]
 
 
-def adam_step(
-    params: Mapping[str, np.ndarray],
-    grads: Mapping[str, np.ndarray],
-    state: Mapping[str, np.ndarray],
-    *,
-    t: int,
-    lr: float,
-    weight_decay: float = 0.0,
-) -> tuple[dict[str, np.ndarray], OptimizerState]:
-    """The t-th AdamW update (t >= 1) of `params` with `grads`: (new params, new state)."""
-    b1, b2 = BETAS
-    # Bias corrections in float64, as torch computes them, then applied in float32.
-    step_size = np.float32(lr / (1 - b1**t))
-    root_correction = np.float32(math.sqrt(1 - b2**t))
-    new, moments = {}, {}
-    for name, p in params.items():
-        g = np.asarray(grads[name], np.float32)
-        m = state.get(f"m/{name}", np.zeros_like(p))
-        v = state.get(f"v/{name}", np.zeros_like(p))
-        m = m + np.float32(1 - b1) * (g - m)
-        v = np.float32(b2) * v + np.float32(1 - b2) * g * g
-        decayed = p * np.float32(1 - lr * weight_decay)
-        new[name] = decayed - step_size * m / (np.sqrt(v) / root_correction + np.float32(EPS))
-        moments[f"m/{name}"], moments[f"v/{name}"] = m, v
-    return new, moments
+class Optimizer:
+    """An update rule and its state; `step` applies one update and moves the state with it."""
+
+    def __init__(self, weight_decay: float = 0.0) -> None:
+        self.weight_decay = weight_decay
+        self._state: OptimizerState = {}
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], *, t: int,
+             lr: float) -> dict[str, np.ndarray]:
+        """The t-th update (t >= 1) of `params` along `grads` (exact or estimated): new params."""
+        raise NotImplementedError
+
+    def state_dict(self) -> OptimizerState:
+        """The state as checkpoints save it: flat, `m/<name>` (and `v/<name>`) per tensor."""
+        return dict(self._state)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take up a state that `state_dict` gave (a checkpoint's)."""
+        self._state = dict(state)
 
 
-def momentum_step(
-    params: Mapping[str, np.ndarray],
-    grads: Mapping[str, np.ndarray],
-    state: Mapping[str, np.ndarray],
-    *,
-    lr: float,
-    weight_decay: float = 0.0,
-) -> tuple[dict[str, np.ndarray], OptimizerState]:
-    """One heavy-ball momentum update (momentum BETAS[0]): (new params, new state)."""
-    new, moments = {}, {}
-    for name, p in params.items():
-        g = np.asarray(grads[name], np.float32) + np.float32(weight_decay) * p
-        m = np.float32(BETAS[0]) * state.get(f"m/{name}", np.zeros_like(p)) + g
-        new[name], moments[f"m/{name}"] = p - np.float32(lr) * m, m
-    return new, moments
+class Sgd(Optimizer):
+    """Plain descent, p <- p - lr (g + wd p): P-RGE's own update (`zo`) and first-order SGD.
+    Its state stays empty."""
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], *, t: int,
+             lr: float) -> dict[str, np.ndarray]:
+        """p - lr (g + wd p), in float32."""
+        return descend(params, grads, lr, self.weight_decay)
+
+
+class AdamW(Optimizer):
+    """AdamW, step for step as `torch.optim.AdamW` (module docstring)."""
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], *, t: int,
+             lr: float) -> dict[str, np.ndarray]:
+        """The t-th AdamW update (t >= 1) of `params` with `grads`; the moments move with it."""
+        b1, b2 = BETAS
+        # Bias corrections in float64, as torch computes them, then applied in float32.
+        step_size = np.float32(lr / (1 - b1**t))
+        root_correction = np.float32(math.sqrt(1 - b2**t))
+        new, moments = {}, {}
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float32)
+            m = self._state.get(f"m/{name}", np.zeros_like(p))
+            v = self._state.get(f"v/{name}", np.zeros_like(p))
+            m = m + np.float32(1 - b1) * (g - m)
+            v = np.float32(b2) * v + np.float32(1 - b2) * g * g
+            decayed = p * np.float32(1 - lr * self.weight_decay)
+            new[name] = decayed - step_size * m / (np.sqrt(v) / root_correction + np.float32(EPS))
+            moments[f"m/{name}"], moments[f"v/{name}"] = m, v
+        self._state = moments
+        return new
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum BETAS[0], as `torch.optim.SGD(momentum=0.9)` (module docstring)."""
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], *, t: int,
+             lr: float) -> dict[str, np.ndarray]:
+        """One momentum update of `params` with `grads` (t is not needed); the moment moves with it."""
+        new, moments = {}, {}
+        for name, p in params.items():
+            g = np.asarray(grads[name], np.float32) + np.float32(self.weight_decay) * p
+            m = np.float32(BETAS[0]) * self._state.get(f"m/{name}", np.zeros_like(p)) + g
+            new[name], moments[f"m/{name}"] = p - np.float32(lr) * m, m
+        self._state = moments
+        return new
+
+
+def make_optimizer(name: str, weight_decay: float = 0.0) -> Optimizer:
+    """The optimizer of `--optimizer name` (OPTIMIZERS), fresh: AdamW for `adam` and `zo-adam`,
+    Momentum for `zo-momentum`, Sgd for `zo` and `sgd`."""
+    if name.endswith("adam"):
+        return AdamW(weight_decay)
+    if name.endswith("momentum"):
+        return Momentum(weight_decay)
+    return Sgd(weight_decay)

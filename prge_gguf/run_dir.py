@@ -22,7 +22,6 @@ from typing import BinaryIO
 import numpy as np
 
 from prge_gguf.errors import PrgeError
-from prge_gguf.gguf_header import GGUFHeader
 from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 from prge_gguf.outputs import RUN_MARKER, publish, replace_folder
 
@@ -161,15 +160,14 @@ class RunDir:
                             "the previous version is intact") from None
         return path
 
-    def save_peft(self, adapter: LoraAdapter, header: GGUFHeader) -> Path:
-        """Write `adapter` as the PEFT folder `peft/` for the model of `header` (`replace_folder`)."""
-        from converters.peft import to_peft_for
-
+    def save_peft(self, write: Callable[[Path], object]) -> Path:
+        """Make the PEFT folder `peft/`: `write` fills a fresh folder that then replaces it
+        (`replace_folder`). The caller brings the converter; the run folder knows no formats."""
         path = self.path / "peft"
         if not self.writable:
             return path
         try:
-            replace_folder(path, lambda tmp: to_peft_for(adapter, tmp, header))
+            replace_folder(path, write)
         except OSError as exc:
             raise PrgeError(f"{path}: cannot write the PEFT adapter ({exc.strerror or exc}); "
                             "adapter.gguf is intact ('prge-gguf export' converts it)") from None

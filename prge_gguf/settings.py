@@ -1,6 +1,7 @@
 """The settings of a training job, resolved in one place: what the caller gave (command-line flags
 or `finetune` arguments) over a `--config` file over a resumed run's saved machine settings over
-the defaults. Training defaults themselves live in `train.TrainConfig`."""
+the defaults; the optimizers' names and their default learning rates. Training defaults
+themselves live in `train.TrainConfig`."""
 
 from __future__ import annotations
 
@@ -34,10 +35,38 @@ TRAIN_KEYS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_de
 SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_ctx", "max_seq_len",
                "truncate", "engine", "adapter")
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
-DEFAULTS = {"n_gpu_layers": 0, "max_tokens": 64, "engine": "llama", "device": "cpu"}
+DEFAULTS = {"n_gpu_layers": 0, "engine": "llama", "device": "cpu"}
 # Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
 MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
 FILE_KEYS = (*TRAIN_KEYS, *SOURCE_KEYS, "out", *MACHINE_KEYS)
+
+# zo: P-RGE (SGD on its estimate); zo-momentum, zo-adam: P-RGE's estimate fed to heavy-ball
+# momentum or AdamW. sgd, adam: the first-order baseline, by backprop (torch engine).
+OPTIMIZERS = ("zo", "zo-momentum", "zo-adam", "sgd", "adam")
+ZEROTH_ORDER = ("zo", "zo-momentum", "zo-adam")
+# The learning rate when none is given. A P-RGE step follows one random direction scaled by a
+# noisy estimate, SGD the exact gradient; Adam's steps are ~lr per coordinate whatever the
+# gradient's scale, so it wants its own (LoRA fine-tuning's usual 1e-4..1e-3).
+# zo: the winner of the tuning sweeps on attn_q + attn_v (docs/design.md, Defaults); zo-momentum the
+# same step size (momentum 0.9 multiplies steps by ~10); zo-adam not tuned (it lagged at 1e-3).
+DEFAULT_LR = {"zo": 2e-2, "zo-momentum": 2e-3, "zo-adam": 1e-3, "sgd": 5e-3, "adam": 1e-3}
+
+# How far a P-RGE step should go depends on how strongly the model's loss reacts to its adapter.
+# The defaults above were tuned on SmolLM2 (a llama); in the tuning sweeps Gemma 3 270M diverged
+# at them and did best at 1/20 of the lr and eps 2e-2 (docs/design.md, Defaults). Other architectures
+# take the defaults. (lr factor for the SGD-like optimizers, eps for all zeroth-order ones.)
+ARCHITECTURE_ZO = {"gemma3": (0.05, 2e-2)}
+
+
+def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]:
+    """The lr and eps that replace the defaults for a zeroth-order `optimizer` on a model of
+    `architecture` (GGUF general.architecture); {} where the defaults stand."""
+    if architecture not in ARCHITECTURE_ZO or optimizer not in ZEROTH_ORDER:
+        return {}
+    lr_factor, eps = ARCHITECTURE_ZO[architecture]
+    scaled = {"lr": DEFAULT_LR[optimizer] * lr_factor} if optimizer != "zo-adam" else {}
+    return {**scaled, "eps": eps}
+
 
 @dataclass
 class Settings:
@@ -123,5 +152,4 @@ def resolve(values: Mapping[str, object]) -> Settings:
 
         saved = RunDir.saved_machine(Path(str(given["resume"])))
         given = {k: v for k, v in saved.items() if k in MACHINE_KEYS and v is not None} | given
-    defaults = {k: v for k, v in DEFAULTS.items() if k in SETTINGS}
-    return Settings(**(defaults | given), given=chosen)
+    return Settings(**(DEFAULTS | given), given=chosen)

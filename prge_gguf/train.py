@@ -12,22 +12,18 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 from tqdm import tqdm
 
-from prge_gguf.data import TokenizedExample, example_loss, option_scores
 from prge_gguf.distributed import RankLost, Workers
 from prge_gguf.engine.base import AdapterSet, Engine
 from prge_gguf.errors import PrgeError
-from prge_gguf.estimators import ESTIMATORS, Oracle, own_state, refusal
-from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter
-from prge_gguf.optim import (
-    DEFAULT_LR,
-    OPTIMIZERS,
-    ZEROTH_ORDER,
-    OptimizerState,
-    adam_step,
-    momentum_step,
-)
-from prge_gguf.prge import PairLoss, descend
+from prge_gguf.estimators import ESTIMATORS, own_state, refusal
+from prge_gguf.estimators.base import Oracle
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.optim import Optimizer, OptimizerState, make_optimizer
+from prge_gguf.prge import PairLoss
 from prge_gguf.run_dir import RunDir
+from prge_gguf.scoring import TokenizedExample, example_loss, option_scores
+from prge_gguf.settings import DEFAULT_LR, OPTIMIZERS, ZEROTH_ORDER
+from prge_gguf.targets import DEFAULT_TARGETS
 from prge_gguf.threads import thread_map
 
 LOSSES = ("label", "vocab")
@@ -261,7 +257,11 @@ def train(
     checked by hash after every step.
     """
     workers = workers or Workers()
-    state = dict(optimizer_state or {})
+    # One state dict in the checkpoint: the estimator's keys ("<estimator>/...") and the optimizer's.
+    est_state, saved = own_state(cfg.estimator, dict(optimizer_state or {}))
+    optimizer = make_optimizer(cfg.optimizer, cfg.weight_decay)
+    optimizer.load_state_dict(saved)
+    state = optimizer.state_dict() | est_state  # as of the last whole step, for checkpoints
     eval_subset = eval_set[: cfg.eval_size] if cfg.eval_size else eval_set
     meta = {"prge.task_loss": cfg.loss}
     start = time.perf_counter()
@@ -294,8 +294,9 @@ def train(
     try:
         with GracefulStop() as signalled:
             while step < cfg.steps:
-                adapter, state, loss, tok_s = _step(engine, adapter, state, train_set, cfg, run, step,
-                                                    start, workers)
+                adapter, est_state, loss, tok_s = _step(engine, adapter, optimizer, est_state, train_set,
+                                                        cfg, run, step, start, workers)
+                state = optimizer.state_dict() | est_state
                 step += 1
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
                 bar.update()
@@ -328,10 +329,11 @@ def _eval_score(accuracy: float | None, loss: float) -> float:
     return accuracy if accuracy is not None else -loss
 
 
-def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
+def _step(engine: Engine, adapter: LoraAdapter, optimizer: Optimizer, est_state: OptimizerState,
           train_set: Sequence[TokenizedExample], cfg: TrainConfig, run: RunDir, step: int, start: float,
           workers: Workers) -> tuple[LoraAdapter, OptimizerState, float, float]:
-    """One step (0-based `step`), logged; returns (updated adapter, optimizer state, loss, tokens/s)."""
+    """One step (0-based `step`) with `optimizer` (updated in place) and the estimator's state
+    `est_state`, logged; returns (updated adapter, the estimator's new state, loss, tokens/s)."""
     t0 = time.perf_counter()
     sent, comm_s = workers.bytes_sent, workers.comm_s
     # Where the llama engine's step time goes (decode, adapter swaps, log-softmax): the rest of
@@ -341,16 +343,14 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
     batch = [train_set[i] for i in batch_indices(len(train_set), cfg.batch_size, cfg.seed, step)]
     lr = lr_at(cfg, step)
     if cfg.optimizer in ZEROTH_ORDER:
-        # One state dict for the checkpoint: the estimator's keys ("<estimator>/...") and the optimizer's.
-        mine, state = own_state(cfg.estimator, state)
-        est = ESTIMATORS[cfg.estimator][1](adapter.b, oracle_fn(engine, adapter, batch, cfg, workers), mine,
-                                           seed=cfg.seed, step=step, q=cfg.q, eps=cfg.eps)
-        new_b, state = _descend(adapter.b, est.gradient, state, cfg, lr, step)
-        state |= est.state
-        new, passes = adapter.with_b(new_b), est.evaluations
+        oracle = oracle_fn(engine, adapter, batch, cfg, workers)
+        est = ESTIMATORS[cfg.estimator][1](adapter.b, oracle, est_state, seed=cfg.seed, step=step, q=cfg.q,
+                                           eps=cfg.eps)
+        new = adapter.with_b(optimizer.step(adapter.b, est.gradient, t=step + 1, lr=lr))
+        est_state, passes = est.state, est.evaluations
         loss = float((est.loss_plus.mean() + est.loss_minus.mean()) / 2)
     else:
-        new, state, loss = _first_order(engine, adapter, state, batch, cfg, lr, step)
+        new, loss = _first_order(engine, adapter, optimizer, batch, cfg, lr, step)
         passes = 1
     if not np.isfinite(loss):
         raise PrgeError(f"step {step + 1}: loss is {loss}; lower --lr or --eps in a new run "
@@ -366,27 +366,17 @@ def _step(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
         row |= {"ranks": workers.size, "comm_bytes": workers.bytes_sent - sent,
                 "comm_s": workers.comm_s - comm_s}
     run.metrics(row)
-    return new, state, loss, tokens / dt
+    return new, est_state, loss, tokens / dt
 
 
-def _first_order(engine: Engine, adapter: LoraAdapter, state: OptimizerState,
+def _first_order(engine: Engine, adapter: LoraAdapter, optimizer: Optimizer,
                  batch: Sequence[TokenizedExample], cfg: TrainConfig, lr: float,
-                 step: int) -> tuple[LoraAdapter, OptimizerState, float]:
-    """The baseline's step: the exact gradient by backprop (torch engine), then SGD or Adam
-    (whose moments are `state`). Returns (updated adapter, optimizer state, loss)."""
+                 step: int) -> tuple[LoraAdapter, float]:
+    """The baseline's step: the exact gradient by backprop (torch engine), then `optimizer`'s
+    update (SGD or Adam). Returns (updated adapter, loss)."""
     loss, grads = engine.loss_gradient(batch, adapter, cfg.loss, train_a=cfg.train_a)
-    new, state = _descend(adapter.trainable(cfg.train_a), grads, state, cfg, lr, step)
-    return adapter.with_tensors(new), state, loss
-
-
-def _descend(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: OptimizerState,
-             cfg: TrainConfig, lr: float, step: int) -> tuple[dict[str, np.ndarray], OptimizerState]:
-    """The configured optimizer's update of `params` along `grads` (exact or estimated)."""
-    if cfg.optimizer.endswith("adam"):
-        return adam_step(params, grads, state, t=step + 1, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer.endswith("momentum"):
-        return momentum_step(params, grads, state, lr=lr, weight_decay=cfg.weight_decay)
-    return descend(params, grads, lr, cfg.weight_decay), state
+    new = optimizer.step(adapter.trainable(cfg.train_a), grads, t=step + 1, lr=lr)
+    return adapter.with_tensors(new), loss
 
 
 def config_record(cfg: TrainConfig, **extra: object) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import prge_gguf
-from prge_gguf import Adapter, PrgeError, TrainConfig, evaluate, finetune
+from prge_gguf import Adapter, PrgeError, TrainConfig, evaluate, export, finetune, generate
 
 ROWS = [{"text": "a joy to watch", "label": 1}, {"text": "tedious", "label": 0},
         {"text": "superb acting", "label": 1}, {"text": "a dull mess", "label": 0}]
@@ -46,6 +46,28 @@ def test_bad_arguments_raise_one_clear_error(tmp_path, data):
     with pytest.raises(PrgeError, match=r"^unknown setting 'steps'"):
         evaluate(task="sst2", steps=3)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_and_generate(tmp_path, model_path):
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa
+
+    adapter = init_lora_fa(read_header(model_path), ["attn_v"], 4, 8, seed=0)
+    adapter = adapter.with_b({n: np.full_like(b, 0.01) for n, b in adapter.b.items()})
+    adapter.save(tmp_path / "a.gguf")
+    peft = export(tmp_path / "a.gguf", "peft", tmp_path / "peft")
+    assert sorted(p.name for p in peft.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    back = export(peft, "gguf", tmp_path / "back.gguf")
+    name = "blk.0.attn_v.weight"
+    np.testing.assert_array_equal(Adapter.load(back).b[name], adapter.b[name])
+    with pytest.raises(PrgeError, match=r"^--to onnx: expected one of peft, gguf, merged, ollama$"):
+        export(tmp_path / "a.gguf", "onnx", tmp_path / "x")
+    with pytest.raises(PrgeError, match=r"is not empty: pass --force"):
+        export(tmp_path / "a.gguf", "peft", tmp_path / "peft")
+    completions = generate(["The capital of France is"], adapter=str(back), max_tokens=2, threads=2)
+    assert len(completions) == 1 and isinstance(completions[0], str)
+    with pytest.raises(PrgeError, match=r"^unknown setting 'steps'"):
+        generate(["hi"], steps=3)
 
 
 def test_importing_the_package_loads_no_training_machinery():

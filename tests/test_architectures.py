@@ -23,8 +23,9 @@ from prge_gguf.cli import main
 from prge_gguf.engine import ScoreRequest
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import TARGETS, LoraAdapter, read_gguf, write_gguf
+from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 from prge_gguf.synthetic import ARCHS, write_tiny
+from prge_gguf.targets import TARGETS
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +89,7 @@ def run(work: Path, kind: str) -> tuple[Path, str]:
 
 def peft_part(adapter: LoraAdapter) -> LoraAdapter:
     """`adapter` without the tensors no PEFT module names (a mixture of experts' experts)."""
-    from converters.peft import peft_unnamed
+    from prge_gguf.hf_names import peft_unnamed
 
     keep = [n for n in adapter.names if n not in peft_unnamed(adapter)]
     return LoraAdapter(adapter.architecture, adapter.alpha, {n: adapter.a[n] for n in keep},

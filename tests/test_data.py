@@ -5,15 +5,13 @@ import pytest
 
 from prge_gguf.data import (
     Example,
-    TokenizedExample,
     decode_size,
-    example_loss,
     fit_length,
-    option_scores,
     parse_label_words,
     records_to_examples,
     tokenize_example,
 )
+from prge_gguf.scoring import TokenizedExample, example_loss, option_scores
 from prge_gguf.tasks import builtin_task
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from prge_gguf import train
 from prge_gguf.cli import main
-from prge_gguf.estimators import ESTIMATORS, Oracle, conmezo, hizoo, lozo, refusal
+from prge_gguf.estimators import ESTIMATORS, conmezo, hizoo, lozo, refusal
+from prge_gguf.estimators.base import Oracle
 
 SHAPES = {"blk.0.attn_q.weight": (10, 4), "blk.0.attn_v.weight": (6, 4)}  # d = 64
 D = 64

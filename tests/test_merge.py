@@ -7,7 +7,8 @@ from prge_gguf.cli import main
 from prge_gguf.engine import ScoreRequest
 from prge_gguf.engine.llama import LlamaEngine
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import TARGETS, init_lora_fa, write_gguf
+from prge_gguf.lora import init_lora_fa, write_gguf
+from prge_gguf.targets import TARGETS
 
 pytestmark = pytest.mark.slow
 TEXTS = ["a gorgeous, witty, seductive movie. It was", "The capital of France is",

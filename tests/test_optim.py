@@ -6,25 +6,25 @@ import numpy as np
 import pytest
 
 from prge_gguf.cli import main
-from prge_gguf.optim import BETAS, DEFAULT_LR, EPS, adam_step, momentum_step
+from prge_gguf.optim import BETAS, EPS, AdamW, Momentum, Sgd, make_optimizer
+from prge_gguf.settings import DEFAULT_LR
 from prge_gguf.train import TrainConfig
 
 SHAPES = {"blk.0.attn_v.weight.lora_b": (4, 3), "blk.0.attn_v.weight.lora_a": (3, 5)}
 
 
 def _compare_with_torch(ours, make_reference, lrs, grad_scale, rtol) -> dict:
-    """Run `ours(params, grads, state, t, lr)` and the torch optimizer `make_reference(leaves)`
-    side by side over the lr schedule `lrs`; assert equal params each step; return our state."""
+    """Run our optimizer `ours` and the torch optimizer `make_reference(leaves)` side by side
+    over the lr schedule `lrs`; assert equal params each step; return our state."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
     leaves = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
     reference = make_reference(torch, list(leaves.values()))
-    state = {}
     for t, lr in enumerate(lrs, start=1):
         grads = {n: (rng.standard_normal(s) * grad_scale(rng, s)).astype(np.float32)
                  for n, s in SHAPES.items()}
-        params, state = ours(params, grads, state, t, lr)
+        params = ours.step(params, grads, t=t, lr=lr)
         for group in reference.param_groups:
             group["lr"] = lr
         for n, leaf in leaves.items():
@@ -33,12 +33,12 @@ def _compare_with_torch(ours, make_reference, lrs, grad_scale, rtol) -> dict:
         for n, leaf in leaves.items():
             np.testing.assert_allclose(params[n], leaf.detach().numpy(), rtol=rtol, atol=1e-7)
             assert params[n].dtype == np.float32
-    return state
+    return ours.state_dict()
 
 
 def test_adam_steps_match_torch_adamw():
     state = _compare_with_torch(
-        lambda p, g, st, t, lr: adam_step(p, g, st, t=t, lr=lr, weight_decay=0.1),
+        AdamW(weight_decay=0.1),
         lambda torch, leaves: torch.optim.AdamW(leaves, lr=1.0, betas=BETAS, eps=EPS, weight_decay=0.1),
         [1e-2, 5e-3, 2e-2, 1e-3, 1e-2],  # a schedule: lr changes per step
         # Gradients of mixed sizes, some tiny: eps and the bias corrections both matter.
@@ -48,14 +48,39 @@ def test_adam_steps_match_torch_adamw():
 
 def test_momentum_steps_match_torch_sgd_with_momentum():
     state = _compare_with_torch(
-        lambda p, g, st, t, lr: momentum_step(p, g, st, lr=lr, weight_decay=0.1),
+        Momentum(weight_decay=0.1),
         lambda torch, leaves: torch.optim.SGD(leaves, lr=1.0, momentum=BETAS[0], weight_decay=0.1),
         [1e-2, 5e-3, 2e-2], lambda rng, s: 1.0, rtol=1e-5)
     assert sorted(state) == sorted(f"m/{n}" for n in SHAPES)
 
 
+def test_sgd_matches_torch_sgd_and_keeps_no_state():
+    state = _compare_with_torch(Sgd(weight_decay=0.1), lambda torch, leaves: torch.optim.SGD(leaves, lr=1.0,
+                                weight_decay=0.1), [1e-2, 5e-3], lambda rng, s: 1.0, rtol=1e-6)
+    assert state == {}
+
+
+def test_the_optimizer_of_each_name_resumes_from_its_state_dict():
+    rng = np.random.default_rng(0)
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    grads = [{n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()} for _ in range(3)]
+    kinds = {"zo": Sgd, "sgd": Sgd, "zo-momentum": Momentum, "zo-adam": AdamW, "adam": AdamW}
+    for name, kind in kinds.items():
+        through, first = make_optimizer(name, 0.1), make_optimizer(name, 0.1)
+        assert type(through) is kind
+        a = b = params
+        for t, g in enumerate(grads, start=1):
+            a = through.step(a, g, t=t, lr=1e-2)
+            b = first.step(b, g, t=t, lr=1e-2)
+            if t == 1:  # a checkpoint after one step, resumed by a fresh optimizer
+                first, saved = make_optimizer(name, 0.1), first.state_dict()
+                first.load_state_dict(saved)
+        for n in SHAPES:
+            np.testing.assert_array_equal(a[n], b[n])
+
+
 def test_gemma3_takes_its_own_zeroth_order_defaults():
-    from prge_gguf.optim import architecture_defaults
+    from prge_gguf.settings import architecture_defaults
 
     assert architecture_defaults("gemma3", "zo") == pytest.approx({"lr": 1e-3, "eps": 2e-2})
     assert architecture_defaults("gemma3", "zo-momentum") == pytest.approx({"lr": 1e-4, "eps": 2e-2})

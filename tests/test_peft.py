@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from converters.peft import from_peft, peft_unnamed, rope_rows_to_gguf, rope_rows_to_hf, to_peft
+from converters.peft import from_peft, to_peft
 from prge_gguf.cli import main
 from prge_gguf.errors import PrgeError
-from prge_gguf.lora import TARGETS, LoraAdapter, init_lora_fa, read_gguf, write_gguf
+from prge_gguf.hf_names import peft_unnamed, rope_rows_to_gguf, rope_rows_to_hf
+from prge_gguf.lora import LoraAdapter, init_lora_fa, read_gguf, write_gguf
+from prge_gguf.targets import TARGETS
 
 
 def _trained(header, seed=0, scale=0.05):
@@ -114,7 +116,7 @@ def test_tensors_without_a_peft_module_are_named_and_refused(tmp_path):
 def test_peft_folder_reproduces_llama_cpp_in_transformers(engine, hf_model, tmp_path):
     from peft import PeftModel
 
-    import converters.peft as peft_conv
+    import prge_gguf.hf_names as names
 
     # q/k alone move the output less: a larger B there (where the row order matters); the last
     # two blocks alone (--num-layers 2) still more.
@@ -137,12 +139,12 @@ def test_peft_folder_reproduces_llama_cpp_in_transformers(engine, hf_model, tmp_
 
     # Control: exporting q/k rows without undoing llama.cpp's RoPE order breaks the match.
     wrong = tmp_path / "unpermuted"
-    real = peft_conv.rope_rows_to_hf
+    real = names.rope_rows_to_hf
     try:
-        peft_conv.rope_rows_to_hf = lambda rows, n_head: rows
+        names.rope_rows_to_hf = lambda rows, n_head: rows
         to_peft(adapter, wrong, n_head=9, n_head_kv=3)
     finally:
-        peft_conv.rope_rows_to_hf = real
+        names.rope_rows_to_hf = real
     model = PeftModel.from_pretrained(hf_model, str(wrong))
     ours, theirs = _next_token_logprobs(engine, model, TEXTS[0], adapter)
     assert _kl(theirs, ours) > 5 * KL_BOUND

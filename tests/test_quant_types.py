@@ -10,8 +10,9 @@ import pytest
 from test_architectures import boosted, cli, engine_logprobs, llama_cpp_python_logprobs
 
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import TARGETS, read_gguf, write_gguf
+from prge_gguf.lora import read_gguf, write_gguf
 from prge_gguf.synthetic import TINY_K, write_tiny
+from prge_gguf.targets import TARGETS
 
 pytestmark = pytest.mark.slow
 

@@ -190,7 +190,7 @@ def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, mon
     header = read_header(model_path)
     adapter = init_lora_fa(header, ["attn_v"], 4, 8, seed=0)
     run = RunDir(tmp_path)
-    run.save_peft(adapter, header)
+    run.save_peft(lambda tmp: converters.peft.to_peft_for(adapter, tmp, header))
     before = {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()}
     real = converters.peft.to_peft_for
 
@@ -201,7 +201,8 @@ def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, mon
     monkeypatch.setattr(converters.peft, "to_peft_for", disk_full)
     with pytest.raises(PrgeError, match="cannot write the PEFT adapter .No space left on device.; "
                                         "adapter.gguf is intact"):
-        run.save_peft(adapter.with_b({n: b + 1 for n, b in adapter.b.items()}), header)
+        changed = adapter.with_b({n: b + 1 for n, b in adapter.b.items()})
+        run.save_peft(lambda tmp: converters.peft.to_peft_for(changed, tmp, header))
     assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]  # no temp
     monkeypatch.setattr(converters.peft, "to_peft_for", real)
@@ -214,7 +215,7 @@ def test_a_failed_peft_write_keeps_the_previous_folder(tmp_path, model_path, mon
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(PrgeError, match="Invalid cross-device link"):
-        run.save_peft(adapter.with_b({n: b + 1 for n, b in adapter.b.items()}), header)
+        run.save_peft(lambda tmp: converters.peft.to_peft_for(changed, tmp, header))
     assert {p.name: p.read_bytes() for p in (tmp_path / "peft").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tensorboard") == ["peft"]
     run.close()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from prge_gguf import cli, job
-from prge_gguf.lora import TARGETS, init_lora_fa, read_gguf
+from prge_gguf.lora import init_lora_fa, read_gguf
 from prge_gguf.run_dir import RunDir
+from prge_gguf.targets import TARGETS
 from prge_gguf.tasks import builtin_task, tokenize
 from prge_gguf.train import TrainConfig, losses_of, train
 
@@ -209,9 +210,8 @@ def test_the_torch_loss_stays_on_the_log_probs_device():
     # The meta device stands in for a GPU here (no data, but device checks as strict).
     import torch
 
-    from prge_gguf.data import TokenizedExample
-    from prge_gguf.engine.base import ScoreRequest
     from prge_gguf.engine.torch_engine import _torch_loss
+    from prge_gguf.scoring import ScoreRequest, TokenizedExample
 
     ex = TokenizedExample(requests=(ScoreRequest((1, 2), (1,), ((5, 6),)),), owners=(((0, 1),),),
                           n_options=2, label=1)

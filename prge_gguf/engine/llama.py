@@ -27,12 +27,13 @@ from pathlib import Path
 import llama_cpp.llama_cpp as ll
 import numpy as np
 
-from prge_gguf.engine.base import AdapterSet, ScoreRequest
+from prge_gguf.engine.base import AdapterSet
 from prge_gguf.engine.llama_adapters import ResidentAdapter, layout, load_adapter, locate_tensors
 from prge_gguf.engine.llama_context import LlamaContext, context_params
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import LoraAdapter
+from prge_gguf.scoring import ScoreRequest
 
 _GGML_LOG_ERROR = 4
 

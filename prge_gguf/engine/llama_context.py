@@ -17,8 +17,8 @@ from concurrent.futures import Executor
 import llama_cpp.llama_cpp as ll
 import numpy as np
 
-from prge_gguf.engine.base import ScoreRequest
 from prge_gguf.errors import PrgeError
+from prge_gguf.scoring import ScoreRequest
 
 _DECODE_ERRORS = {
     1: "no KV slot for the batch (sequences longer than the context? raise --n-ctx)",

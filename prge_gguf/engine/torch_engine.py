@@ -13,12 +13,13 @@ from types import MappingProxyType
 
 import numpy as np
 
-from converters.peft import hf_modules, lora_b_rows
-from prge_gguf.data import TokenizedExample
-from prge_gguf.engine.base import AdapterSet, ScoreRequest
+from prge_gguf.engine.base import AdapterSet
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
-from prge_gguf.lora import TARGET_NAME, LoraAdapter
+from prge_gguf.hf_names import hf_modules, lora_b_rows
+from prge_gguf.lora import LoraAdapter
+from prge_gguf.scoring import ScoreRequest, TokenizedExample
+from prge_gguf.targets import TARGET_NAME
 
 try:
     import torch
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - the message is the point
 
 
 def _torch_loss(ex: TokenizedExample, results: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
-    """`data.option_scores` + `data.example_loss` on differentiable log-probs (on their device)."""
+    """`scoring.option_scores` + `scoring.example_loss` on differentiable log-probs (on their device)."""
     device = results[0][0].device
     scores = torch.zeros(ex.n_options, dtype=torch.float64, device=device)
     for req_owners, req_results in zip(ex.owners, results, strict=True):

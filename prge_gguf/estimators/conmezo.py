@@ -23,7 +23,6 @@ import numpy as np
 from prge_gguf.estimators.base import Estimate, Oracle, State, dot, probe, shapes_of, size_of
 from prge_gguf.prge import Tensors, direction
 
-SUMMARY = "ConMeZO: directions in a cone around the momentum of past estimates; 2q forwards, keeps m"
 # Half-angle theta of the cone: cos(1.35) = 0.22, so a fifth of each direction's length is along m.
 # Untuned here (the paper tunes it per task).
 ANGLE = 1.35

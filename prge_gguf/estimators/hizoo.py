@@ -28,7 +28,6 @@ import numpy as np
 from prge_gguf.estimators.base import Estimate, Oracle, State, probe, shapes_of, size_of, weighted_sum
 from prge_gguf.prge import Tensors, direction
 
-SUMMARY = "HiZOO: P-RGE scaled by a diagonal curvature estimate (needs L(B)); 2q+1 forwards, keeps h"
 # HiZOO's EMA weight. Small, because each step's evidence about one entry of h is mostly noise
 # (above): at 1e-3 the noise moves log h by ~0.05 over 1,000 steps.
 SMOOTHING = 1e-3

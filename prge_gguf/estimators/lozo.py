@@ -19,7 +19,6 @@ import numpy as np
 from prge_gguf.estimators.base import Estimate, Oracle, State, probe, shapes_of
 from prge_gguf.prge import Tensors
 
-SUMMARY = "LOZO: rank-2 perturbations U V' of each B, V redrawn every 50 steps; 2q forwards, no state"
 RANK = 2  # k: LOZO's rank; B has r = 8 columns by default, so a quarter of them a subspace
 INTERVAL = 50  # steps V is kept for (LOZO's nu; its paper's range is 50-100)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from prge_gguf.estimators.base import Estimate, Oracle, State
 from prge_gguf.prge import Tensors, estimate_step
 
-SUMMARY = "P-RGE (the paper's): mean of g_i z_i over q Gaussian directions; 2q forwards, no state"
-
 
 def estimate(params: Tensors, oracle: Oracle, state: State, *, seed: int, step: int, q: int,
              eps: float) -> Estimate:

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prge_gguf.data import Example, TokenizedExample, read_records, records_to_examples, tokenize_example
-from prge_gguf.engine.base import Engine
+from prge_gguf.data import Example, read_records, records_to_examples, tokenize_example
 from prge_gguf.errors import PrgeError
 from prge_gguf.lm_data import LMExample, lm_format, records_to_lm_examples, tokenize_lm_example
+from prge_gguf.scoring import TokenizedExample, Tokenizer
 
 _DATA = Path(__file__).parent / "data"
 _NLI = '{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
@@ -80,7 +80,7 @@ BUILTIN = {
 }
 
 
-def tokenize(engine: Engine, example: Example | LMExample) -> TokenizedExample:
+def tokenize(engine: Tokenizer, example: Example | LMExample) -> TokenizedExample:
     """Score requests of either kind of example."""
     if isinstance(example, LMExample):
         return tokenize_lm_example(engine, example)

@@ -62,7 +62,7 @@ from pathlib import Path
 from bench_common import GpuSlots, machine, write_outputs
 
 from prge_gguf.estimators import ESTIMATORS
-from prge_gguf.lora import TARGETS
+from prge_gguf.targets import TARGETS
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}

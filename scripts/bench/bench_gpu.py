@@ -307,8 +307,9 @@ def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int,
     """Time P-RGE steps of `engine` at q and this batch size, scoring through `scorer`: the
     median step, the median time in scoring (the rest is Python: z, adapters, update) and the
     engine's seconds per step in decode, adapter and logits (summed over contexts)."""
-    from prge_gguf.lora import TARGETS, init_lora_fa
+    from prge_gguf.lora import init_lora_fa
     from prge_gguf.prge import prge_step
+    from prge_gguf.targets import TARGETS
     from prge_gguf.train import TrainConfig, batch_indices, lr_at, pair_loss_fn
 
     cfg = TrainConfig(q=q, batch_size=batch_size, steps=1000)
@@ -390,8 +391,9 @@ def torch_rows(model: Path, preset: str, device: str, qs: list[int], repeats: in
     import torch
 
     from prge_gguf.engine.torch_engine import TorchEngine
-    from prge_gguf.lora import TARGETS, init_lora_fa
+    from prge_gguf.lora import init_lora_fa
     from prge_gguf.prge import direction
+    from prge_gguf.targets import TARGETS
     from prge_gguf.tasks import builtin_task, tokenize
     from prge_gguf.train import TrainConfig, batch_indices
 

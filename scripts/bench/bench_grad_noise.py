@@ -31,8 +31,9 @@ from bench_accuracy import DATA_DIR, tuning_split
 from bench_common import machine, made_by, write_outputs
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, init_lora_fa
+from prge_gguf.lora import init_lora_fa
 from prge_gguf.models import model_path
+from prge_gguf.targets import DEFAULT_TARGETS, TARGET_NAME, TARGETS
 from prge_gguf.tasks import builtin_task, tokenize
 
 

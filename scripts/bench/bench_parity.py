@@ -22,8 +22,9 @@ from converters.peft import to_peft
 from prge_gguf.engine import ScoreRequest
 from prge_gguf.engine.llama import LlamaEngine
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import TARGETS, init_lora_fa
+from prge_gguf.lora import init_lora_fa
 from prge_gguf.models import default_model_path
+from prge_gguf.targets import TARGETS
 from prge_gguf.tasks import builtin_task, tokenize
 
 TEXTS = ["a gorgeous, witty, seductive movie. It was", "The capital of France is",

@@ -68,7 +68,8 @@ def _train_context(engine) -> int:
 
 def _adapter(engine, all_targets: bool):
     """LoRA-FA rank 8 on the default targets (attn_q, attn_v), or on all seven projections."""
-    from prge_gguf.lora import DEFAULT_TARGETS, TARGETS, init_lora_fa
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.targets import DEFAULT_TARGETS, TARGETS
 
     adapter = init_lora_fa(engine.header, list(TARGETS if all_targets else DEFAULT_TARGETS), 8, 16.0, 0)
     # A non-zero B, as after a few steps (zero B would make every adapter's effect nil).

@@ -30,8 +30,9 @@ from bench_common import machine, made_by, write_outputs
 from bench_grad_noise import training_sample
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, TARGET_NAME, TARGETS, LoraAdapter, init_lora_fa, read_gguf
+from prge_gguf.lora import LoraAdapter, init_lora_fa, read_gguf
 from prge_gguf.models import model_path
+from prge_gguf.targets import DEFAULT_TARGETS, TARGET_NAME, TARGETS
 from prge_gguf.tasks import tokenize
 
 H = 1e-2  # the difference step for Hz: P-RGE's own eps is 5e-2

@@ -27,8 +27,9 @@ from bench_common import machine, made_by, write_outputs
 from bench_grad_noise import noise_scale, per_example_gradients, training_sample
 
 from prge_gguf.engine.torch_engine import TorchEngine
-from prge_gguf.lora import DEFAULT_TARGETS, LoraAdapter, init_lora_fa, read_gguf
+from prge_gguf.lora import LoraAdapter, init_lora_fa, read_gguf
 from prge_gguf.models import model_path
+from prge_gguf.targets import DEFAULT_TARGETS
 from prge_gguf.tasks import tokenize
 from prge_gguf.train import evaluate
 

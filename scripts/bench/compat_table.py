@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from converters.peft import hf_modules, peft_targets  # noqa: E402
 from prge_gguf.gguf_header import read_header  # noqa: E402
+from prge_gguf.hf_names import hf_modules, peft_targets  # noqa: E402
 from prge_gguf.lora import model_targets, untargeted  # noqa: E402
 from prge_gguf.synthetic import ARCHS, write_tiny  # noqa: E402
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench_accuracy import DATA_DIR, TASK_FILES, TUNE_ROWS, tuning_split
 from bench_common import GpuSlots, machine
 
-from prge_gguf.lora import TARGETS
+from prge_gguf.targets import TARGETS
 
 
 def parse_grid(spec: str) -> list[dict[str, str]]:
