@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _API = {"finetune": "prge_gguf.api", "evaluate": "prge_gguf.api", "generate": "prge_gguf.api",
         "export": "prge_gguf.api", "Run": "prge_gguf.api",
-        "TrainConfig": "prge_gguf.train", "Adapter": "prge_gguf.lora", "PrgeError": "prge_gguf.errors"}
+        "TrainConfig": "prge_gguf.train_config", "Adapter": "prge_gguf.lora", "PrgeError": "prge_gguf.errors"}
 __all__ = ["__version__", *_API]
 
 

@@ -48,7 +48,7 @@ _RUN_KEYS = (*(f for f in TRAIN_KEYS if f != "steps"), *SOURCE_KEYS)
 
 def _check_resume_flags(s: Settings, saved: dict) -> None:
     """Refuse a setting given with --resume that differs from the run's saved one, naming it."""
-    from prge_gguf.train import TrainConfig
+    from prge_gguf.train_config import TrainConfig
 
     if s.out:
         raise PrgeError("--resume continues the run in its own folder: drop --out")

@@ -36,7 +36,7 @@ def default_train_bytes(header: GGUFHeader) -> tuple[int, str]:
     estimates with when --n-ctx is not given); with those settings in words."""
     from prge_gguf.lora import check_rank, default_targets
     from prge_gguf.settings import CPU_MAX_N_CTX
-    from prge_gguf.train import TrainConfig
+    from prge_gguf.train_config import TrainConfig
 
     cfg = TrainConfig(targets=default_targets(header))
     shapes = check_rank(header, cfg.targets, cfg.rank, cfg.num_layers)

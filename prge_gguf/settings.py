@@ -1,7 +1,7 @@
 """The settings of a training job, resolved in one place: what the caller gave (command-line flags
 or `finetune` arguments) over a `--config` file over a resumed run's saved machine settings over
 the defaults; the optimizers' names and their default learning rates. Training defaults
-themselves live in `train.TrainConfig`."""
+themselves live in `train_config.TrainConfig`."""
 
 from __future__ import annotations
 
