@@ -44,6 +44,13 @@ def _start_adapter(path: str, header: GGUFHeader, overrides: dict) -> LoraAdapte
 # What a resumed run keeps from its start; --steps may change (it extends the run), and where it
 # computes (MACHINE_KEYS) may too.
 _RUN_KEYS = (*(f for f in TRAIN_KEYS if f != "steps"), *SOURCE_KEYS)
+# Source settings that name files: a run saves them absolute, so that it resumes from any folder.
+_PATH_KEYS = ("data", "valid", "adapter")
+
+
+def _absolute(key: str, value: object) -> object:
+    """`value` of setting `key`, a path made absolute where the setting names a file."""
+    return str(Path(str(value)).resolve()) if key in _PATH_KEYS and value else value
 
 
 def _check_resume_flags(s: Settings, saved: dict) -> None:
@@ -60,6 +67,7 @@ def _check_resume_flags(s: Settings, saved: dict) -> None:
         given, kept = getattr(s, key), section.get(key, getattr(TrainConfig, key, None))
         if key == "model":
             given, kept = str(model_path(given)), str(kept)
+        given, kept = _absolute(key, given), _absolute(key, kept)
         if given != kept:
             flag = "--" + key.replace("_", "-")
             raise PrgeError(f"{flag}: a resumed run keeps its saved setting ({kept!r}); drop {flag}, "
@@ -164,7 +172,7 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
             # token_embd in another layout): one example now, so that a refusal leaves no run folder.
             engine.score(train_tok[0].requests, [(adapter, 1.0)])
         if run is None:
-            source = {k: getattr(s, k) for k in SOURCE_KEYS} | {"model": str(engine.model_path)}
+            source = {k: _absolute(k, getattr(s, k)) for k in SOURCE_KEYS} | {"model": str(engine.model_path)}
             record = config_record(cfg, source=source, base_fingerprint=adapter.fingerprint,
                                    machine={k: getattr(s, k) for k in MACHINE_KEYS}, version=__version__)
             run = RunDir.open_new(Path(s.out), record, adapter) if workers.is_main \

@@ -284,6 +284,21 @@ def test_a_dead_start_is_reused_and_resume_extends_a_run(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --steps 2: the run's checkpoint is at step 5 already"
 
 
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, monkeypatch):
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text('{"text": "good", "label": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    args = _small_run(Path("run"), Path("valid.jsonl"))
+    args[args.index("--data") + 1] = "train.jsonl"
+    assert main(args) == 0
+    source = json.loads((tmp_path / "run" / "config.json").read_text())["source"]
+    assert (source["data"], source["valid"]) == (str(tmp_path / "train.jsonl"), str(valid))
+    monkeypatch.chdir("/")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "4",
+                 "--valid", str(valid)]) == 0  # the same file, named another way: not a change
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 4
+
+
 def test_sigint_at_any_point_leaves_a_run_that_resumes_bit_identical(tmp_path):
     valid = tmp_path / "valid.jsonl"
     valid.write_text('{"text": "a joy to watch", "label": 1}\n{"text": "tedious", "label": 0}\n')
