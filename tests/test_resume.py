@@ -316,7 +316,9 @@ def test_sigint_at_any_point_leaves_a_run_that_resumes_bit_identical(tmp_path):
         time.sleep(fraction * wall)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate()
-        assert proc.returncode in (0, 130), err.decode()[-2000:]
+        # -SIGINT: the signal came while the interpreter started or shut down, when Ctrl-C has its
+        # default action (a shell reports 130 for it too); the checks below still hold.
+        assert proc.returncode in (0, 130, -signal.SIGINT), err.decode()[-2000:]
         if not out.exists():
             continue
         assert main(["train", "--resume", str(out)]) == 0, f"stopped at {fraction:.0%} of the run"
