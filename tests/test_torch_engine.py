@@ -1,5 +1,6 @@
-"""The torch reference engine: parity with llama.cpp, one forward for all 2q perturbations, and
-the first-order baseline (exact gradients of B and A, Adam training, exact resume)."""
+"""The torch reference engine: parity with llama.cpp, one forward for all 2q perturbations, batched
+scoring equal to each request's own logits, and the first-order baseline (exact gradients of B and
+A, Adam training, exact resume)."""
 
 import contextlib
 import json
@@ -70,6 +71,57 @@ def test_one_forward_for_all_perturbations_equals_separate_forwards(engine, torc
             np.testing.assert_allclose(x[0], y[0], atol=1e-5)
     spread = np.abs(np.concatenate([r[0] for r in together[0]]) - np.concatenate([r[0] for r in together[1]]))
     assert spread.max() > 1e-3  # each slice really had its own B
+
+
+def _alone(torch_engine, request, adapter):
+    """Log-probs of one request's candidates, straight from the full logits of its own forward."""
+    import torch
+
+    torch_engine._install([adapter])
+    try:
+        with torch.no_grad():
+            logits = torch_engine.model(input_ids=torch.tensor([request.tokens])).logits[0]
+    finally:
+        torch_engine._install([])
+    logp = torch.log_softmax(logits.double(), dim=-1).numpy()
+    return [logp[p, list(c)] for p, c in zip(request.positions, request.candidates, strict=True)]
+
+
+def test_batched_scoring_equals_scoring_each_request_alone(model_path, monkeypatch):
+    from prge_gguf.engine import torch_engine as module
+    from prge_gguf.scoring import ScoreRequest
+
+    # float64: padding and other matmul shapes move float32 log-probs by ~1e-5, which would hide
+    # a mix-up of slices whose B differ little; in float64 anything above 1e-9 is a mistake.
+    with module.TorchEngine(model_path, threads=2, dtype="float64") as torch_engine:
+        texts = ["a triumph", "the plot is thin and the acting is worse, yet it somehow moves along",
+                 "meh", "an unexpectedly tender film about two brothers", "nothing here is scored"]
+        tokens = [tuple(torch_engine.tokenize(t, add_special=True)) for t in texts]
+        requests = []
+        for i, toks in enumerate(tokens[:-1]):
+            # A repeated position, and 1, 2 or 3 candidates at a position.
+            positions = (len(toks) - 1, 0, len(toks) - 1, len(toks) // 2)[: 1 + i]
+            candidates = tuple(tuple((7 * i + 11 * j + 13 * c) % torch_engine.n_vocab
+                                     for c in range(1 + j % 3)) for j in range(len(positions)))
+            requests.append(ScoreRequest(toks, positions, candidates))
+        requests.append(ScoreRequest(tokens[-1], (), ()))  # alone in the last chunk: nothing to gather
+
+        base = _adapter(torch_engine.header, seed=8)
+        rng = np.random.default_rng(9)
+        adapters = [base.with_b({n: b + (0.02 * rng.standard_normal(b.shape)).astype(np.float32)
+                                 for n, b in base.b.items()}) for _ in range(3)]
+        k, longest = len(adapters), max(len(t) for t in tokens)
+        monkeypatch.setattr(torch_engine, "_batch_tokens", 2 * k * longest)  # 2 requests a forward
+        monkeypatch.setattr(module, "_SOFTMAX_VALUES", 3 * k * torch_engine.n_vocab)  # 3 positions a block
+        batched = torch_engine.score_each(requests, adapters)
+        for adapter, slot in zip(adapters, batched, strict=True):
+            for request, got in zip(requests, slot, strict=True):
+                want = _alone(torch_engine, request, adapter)
+                assert [len(c) for c in got] == [len(c) for c in request.candidates]
+                for x, y in zip(got, want, strict=True):
+                    np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
+    flat = [np.concatenate([c for r in slot for c in r]) for slot in batched]
+    assert np.abs(flat[0] - flat[1]).max() > 1e-3  # each slice had its own B
 
 
 def test_cli_trains_and_evaluates_on_the_torch_engine(tmp_path, capsys):

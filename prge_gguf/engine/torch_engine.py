@@ -8,8 +8,10 @@ perturbations of a step run in ONE forward. Needs the `torch` extra.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +28,11 @@ try:
 except ImportError:  # pragma: no cover - the message is the point
     torch = None
 
+_LogProbs = TypeVar("_LogProbs", np.ndarray, "torch.Tensor")  # on the CPU, or on the device
+# Values in one (k, positions, vocab) float64 log-softmax block (128 MiB): a language-modelling
+# chunk scores up to `batch_tokens` positions, each over a vocabulary of 50k-250k.
+_SOFTMAX_VALUES = 1 << 24
+
 
 def _torch_loss(ex: TokenizedExample, results: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
     """`scoring.option_scores` + `scoring.example_loss` on differentiable log-probs (on their device)."""
@@ -39,6 +46,19 @@ def _torch_loss(ex: TokenizedExample, results: list[list[torch.Tensor]], kind: s
     if kind == "vocab":
         return -scores[ex.label]
     return torch.logsumexp(scores, 0) - scores[ex.label]
+
+
+def _by_request(logprobs: _LogProbs, requests: Sequence[ScoreRequest]) -> list[list[_LogProbs]]:
+    """One slice's candidate log-probs, flat in request, position, candidate order, split per
+    request and per position; slices, so gradients flow through."""
+    out, i = [], 0
+    for r in requests:
+        per_position = []
+        for c in r.candidates:
+            per_position.append(logprobs[i : i + len(c)])
+            i += len(c)
+        out.append(per_position)
+    return out
 
 
 class _LoraHook:
@@ -156,8 +176,8 @@ class TorchEngine:
 
     def _forward(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[np.ndarray]]]:
         with torch.no_grad():
-            return [[[lp.cpu().numpy() for lp in req] for req in slot]
-                    for slot in self._candidate_logprobs(requests, k)]
+            logprobs = self._candidate_logprobs(requests, k).cpu().numpy()  # one transfer, one sync
+        return [_by_request(slot, requests) for slot in logprobs]
 
     def loss_gradient(self, batch: Sequence[TokenizedExample], adapter: LoraAdapter, loss: str,
                       train_a: bool = False) -> tuple[float, dict[str, np.ndarray]]:
@@ -172,7 +192,7 @@ class TorchEngine:
                 hook.a.requires_grad_(train_a)
             requests = [r for ex in batch for r in ex.requests]
             with torch.enable_grad():
-                results = self._candidate_logprobs(requests, 1)[0]
+                results = _by_request(self._candidate_logprobs(requests, 1)[0], requests)
                 total, i = 0.0, 0
                 for ex in batch:
                     total = total + _torch_loss(ex, results[i : i + len(ex.requests)], loss)
@@ -188,26 +208,45 @@ class TorchEngine:
         finally:
             self._install([])
 
-    def _candidate_logprobs(self, requests: Sequence[ScoreRequest], k: int) -> list[list[list[torch.Tensor]]]:
-        out: list[list[list[torch.Tensor]]] = [[] for _ in range(k)]
+    def _candidate_logprobs(self, requests: Sequence[ScoreRequest], k: int) -> torch.Tensor:
+        """(k, candidates) float64: the log-prob of every candidate of `requests` (in request,
+        position, candidate order) under each of the k installed adapters; one forward per
+        chunk of at most `batch_tokens` tokens (the k slices included)."""
         longest = max(r.n_tokens for r in requests)
         per_chunk = max(1, self._batch_tokens // (k * longest))
-        for start in range(0, len(requests), per_chunk):
-            chunk = requests[start : start + per_chunk]
-            width = max(r.n_tokens for r in chunk)
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, r in enumerate(chunk):
-                ids[i, : r.n_tokens] = torch.tensor(r.tokens)
-                mask[i, : r.n_tokens] = 1
-            ids, mask = ids.repeat(k, 1).to(self.device), mask.repeat(k, 1).to(self.device)
-            hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            for slot in range(k):
-                for i, r in enumerate(chunk):
-                    rows = hidden[slot * len(chunk) + i, list(r.positions)]
-                    logp = torch.log_softmax(self.model.lm_head(rows).double(), dim=-1)
-                    out[slot].append([logp[j, list(c)] for j, c in enumerate(r.candidates)])
-        return out
+        return torch.cat([self._chunk_logprobs(requests[start : start + per_chunk], k)
+                          for start in range(0, len(requests), per_chunk)], dim=1)
+
+    def _chunk_logprobs(self, chunk: Sequence[ScoreRequest], k: int) -> torch.Tensor:
+        """`_candidate_logprobs` of requests that fit one forward: every scored position of
+        every slice gathered at once, then lm_head and the log-softmax on blocks of them."""
+        width = max(r.n_tokens for r in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            ids[i, : r.n_tokens] = torch.tensor(r.tokens)
+            mask[i, : r.n_tokens] = 1
+        ids, mask = ids.repeat(k, 1).to(self.device), mask.repeat(k, 1).to(self.device)
+        hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        candidates = [c for r in chunk for c in r.candidates]  # one tuple per scored position
+        # Each scored position's sequence and place in it; each candidate's position and token id.
+        seq, pos, cand_pos, cand_id = (torch.tensor(v, dtype=torch.long, device=self.device) for v in (
+            [i for i, r in enumerate(chunk) for _ in r.positions],
+            [p for r in chunk for p in r.positions],
+            [j for j, c in enumerate(candidates) for _ in c],
+            [t for c in candidates for t in c]))
+        rows = hidden.unflatten(0, (k, len(chunk)))[:, seq, pos]  # (k, positions, hidden)
+        # In float64, so that the reference adds no rounding of its own to the log-sum-exp over
+        # the vocabulary; blocks of positions bound the memory of its (k, block, vocab) copies.
+        block = max(1, _SOFTMAX_VALUES // (k * self.n_vocab))
+        first = [0, *accumulate(len(c) for c in candidates)]  # position j's candidates start here
+        parts = []
+        for start in range(0, len(candidates), block):
+            stop = min(start + block, len(candidates))
+            logp = torch.log_softmax(self.model.lm_head(rows[:, start:stop]).double(), dim=-1)
+            picked = slice(first[start], first[stop])
+            parts.append(logp[:, cand_pos[picked] - start, cand_id[picked]])
+        return torch.cat(parts, dim=1) if parts else rows.new_zeros((k, 0), dtype=torch.float64)
 
     def close(self) -> None:
         """Drop the model (torch frees it with the last reference)."""
