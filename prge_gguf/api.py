@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prge_gguf.errors import PrgeError
-from prge_gguf.settings import resolve
+from prge_gguf.settings import check_known, resolve
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,7 @@ def evaluate(model: str | None = None, data: str | None = None, *, adapter: str 
     from prge_gguf.inputs import eval_examples, open_engine, read_adapter, tokenize_all
     from prge_gguf.train import evaluate as evaluate_examples
 
-    if unknown := sorted(set(settings) - set(EVAL_SETTINGS)):
-        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(EVAL_SETTINGS)})")
+    check_known(settings, EVAL_SETTINGS)
     s = resolve({"model": model, "data": data, "adapter": adapter, **settings})
     examples = eval_examples(s)
     with open_engine(s) as engine:
@@ -142,8 +141,7 @@ def generate(prompts: Sequence[str], model: str | None = None, *, adapter: str |
     from prge_gguf.inputs import open_engine, read_adapter
     from prge_gguf.lm_data import generation_prompt
 
-    if unknown := sorted(set(settings) - set(GENERATE_SETTINGS)):
-        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(GENERATE_SETTINGS)})")
+    check_known(settings, GENERATE_SETTINGS)
     s = resolve({"model": model, "adapter": adapter, **settings})
     if s.engine != "llama":
         raise PrgeError("generate runs on the llama engine (drop --engine torch)")

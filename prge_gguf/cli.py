@@ -182,6 +182,7 @@ def show_info(model: str | None) -> int:
     from prge_gguf.gguf_header import read_header
     from prge_gguf.hf_names import hf_modules, peft_targets
     from prge_gguf.lora import base_fingerprint, default_targets, model_targets, target_shapes, untargeted
+    from prge_gguf.memory import describe_default_run
     from prge_gguf.models import model_path
 
     path = model_path(model)
@@ -217,7 +218,6 @@ def show_info(model: str | None) -> int:
     print("PEFT export:   " + (f"not for {', '.join(unnamed)} (no Hugging Face module: GGUF adapter only)"
                                if unnamed else "yes")
           + " (attn_qkv as q_proj, k_proj, v_proj sharing one lora_A)" * split)
-    from prge_gguf.memory import describe_default_run
     print(describe_default_run(h))
     return 0
 

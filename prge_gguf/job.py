@@ -18,8 +18,6 @@ from prge_gguf.inputs import check_base, datasets, describe, open_engine, read_a
 from prge_gguf.lora import LoraAdapter
 from prge_gguf.models import model_path
 from prge_gguf.settings import (
-    CPU_MAX_N_CTX,
-    GPU_MAX_N_CTX,
     GPU_ZO_BATCH,
     MACHINE_KEYS,
     SOURCE_KEYS,
@@ -100,7 +98,8 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
     from prge_gguf.memory import check_fits, train_bytes
     from prge_gguf.outputs import check_run_folder
     from prge_gguf.run_dir import RunDir
-    from prge_gguf.train import TrainConfig, config_record, evaluate, train
+    from prge_gguf.train import config_record, evaluate, train
+    from prge_gguf.train_config import TrainConfig
 
     say = print if workers.is_main else lambda *a, **k: None
     if s.resume:
@@ -135,8 +134,7 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
                           "num_layers": num_layers_of(adapter, header)}
         cfg, run, start_step, optimizer_state = TrainConfig(**tuned | overrides), None, 0, {}
         shapes = check_rank(header, cfg.targets, cfg.rank, cfg.num_layers)
-        n_ctx = s.n_ctx or (GPU_MAX_N_CTX if s.on_gpu() else CPU_MAX_N_CTX)
-        check_fits(train_bytes(header, shapes, cfg.rank, cfg.q, n_ctx))
+        check_fits(train_bytes(header, shapes, cfg.rank, cfg.q, s.n_ctx or s.decode_cap()))
     if workers.size > 1 and cfg.optimizer not in ZEROTH_ORDER:
         raise PrgeError("--distributed shares P-RGE's loss values: use --optimizer "
                         + " or ".join(ZEROTH_ORDER))
@@ -165,8 +163,7 @@ def _train_as(workers: Workers, s: Settings, on_metrics: Callable[[dict], None] 
         train_tok = tokenize_all(engine, train_ex, s)
         eval_tok = tokenize_all(engine, eval_ex, s)
         if not s.n_ctx:  # before the first decode: the KV cache is sized by it
-            cap = GPU_MAX_N_CTX if s.on_gpu() else CPU_MAX_N_CTX
-            engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, cap))
+            engine.set_context(decode_size(train_tok, eval_tok, cfg.batch_size, s.decode_cap()))
         if s.adapter and not s.resume:
             # The engine checks an adapter fully only when it first applies it (llama.cpp, e.g., takes
             # token_embd in another layout): one example now, so that a refusal leaves no run folder.

@@ -5,7 +5,7 @@ themselves live in `train_config.TrainConfig`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -132,15 +132,24 @@ class Settings:
             return self.device != "cpu"
         return self.n_gpu_layers != 0
 
+    def decode_cap(self) -> int:
+        """The most tokens a training decode takes when --n-ctx is not given, on this backend."""
+        return GPU_MAX_N_CTX if self.on_gpu() else CPU_MAX_N_CTX
+
 
 SETTINGS = tuple(f.name for f in fields(Settings) if f.name != "given")
+
+
+def check_known(values: Mapping[str, object], known: Sequence[str]) -> None:
+    """Refuse a setting that is none of `known`, naming the first."""
+    if unknown := sorted(set(values) - set(known)):
+        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(known)})")
 
 
 def resolve(values: Mapping[str, object]) -> Settings:
     """Settings from what the caller gave (None: not given), with the `config` file, a resumed
     run's machine settings and the defaults filling the rest, in that order of precedence."""
-    if unknown := sorted(set(values) - set(SETTINGS)):
-        raise PrgeError(f"unknown setting '{unknown[0]}' (expected some of: {', '.join(SETTINGS)})")
+    check_known(values, SETTINGS)
     given = {k: v for k, v in values.items() if v is not None}
     if given.get("config"):
         from prge_gguf.config_file import load_config_file

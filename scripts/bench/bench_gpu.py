@@ -272,9 +272,9 @@ def llama_step_rows(model: Path, preset: str, backend: str,
     contexts, threads in all: None for the engine's default); K = 0 is `OneAtATime`. The
     context is fitted to the batch as `train` fits it. Variants in `profile` (q, batch, K) also
     print a profile of their host time."""
-    from prge_gguf.cli import CPU_MAX_N_CTX, GPU_MAX_N_CTX
     from prge_gguf.data import decode_size
     from prge_gguf.engine.llama import LlamaEngine
+    from prge_gguf.settings import CPU_MAX_N_CTX, GPU_MAX_N_CTX
     from prge_gguf.tasks import builtin_task, tokenize
 
     rows = []

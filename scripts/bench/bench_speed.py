@@ -57,8 +57,8 @@ def _batches(engine, steps: int):
 
 def _train_context(engine) -> int:
     """The context `prge-gguf train --task sst2` sizes from its data (train and dev sets)."""
-    from prge_gguf.cli import CPU_MAX_N_CTX
     from prge_gguf.data import decode_size
+    from prge_gguf.settings import CPU_MAX_N_CTX
     from prge_gguf.tasks import builtin_task, tokenize
 
     task = builtin_task("sst2")
