@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from prge_gguf import __version__
+from prge_gguf.api import EXPORT_FORMATS
 from prge_gguf.errors import PrgeError
 from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.settings import (
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="convert an adapter: GGUF <-> PEFT folder, or merge it")
     ex.add_argument("adapter", help="a GGUF LoRA adapter, or a PEFT folder")
-    ex.add_argument("--to", choices=("peft", "gguf", "merged", "ollama"), required=True,
+    ex.add_argument("--to", choices=EXPORT_FORMATS, required=True,
                     help="peft: PEFT folder; gguf: llama.cpp adapter; merged: base model with the adapter "
                          "in; ollama: a folder of Modelfile + adapter.gguf for 'ollama create NAME -f "
                          "DIR/Modelfile'")
