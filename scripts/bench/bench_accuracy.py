@@ -64,7 +64,7 @@ from bench_common import GpuSlots, machine, write_outputs
 from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.targets import TARGETS
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the checkout
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
