@@ -5,8 +5,9 @@
 # CUDA) gets the same forward tokens a task (SCALE x about 1000 P-RGE steps of SST-2, 400 of WiC, 300 of
 # RTE and CB); first-order Adam on the same adapter (fo-qv, batch 16) gets an eighth of them, as many steps
 # as P-RGE. Zero-shot is scored on the same engine. Tuning splits only (TUNE_DIR: bench_accuracy's
-# tuning_split files), SEEDS (default 0 1 2), one process a row. Everything stops after SECONDS; finished
-# rows are in $OUT/{zo,fo}-rows.jsonl. TF32 matmuls (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE): 10 mantissa bits,
+# tuning_split files), SEEDS (default 0 1 2), one process a row. Everything stops after SECONDS; then
+# $OUT/w-{zo,fo} hold each bench's rows.jsonl (finished rows) and every run's metrics.jsonl, stopped ones
+# too (scripts/bench/report_estimators.py reads them at equal forward tokens). TF32 matmuls (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE): 10 mantissa bits,
 # more than the 8-bit activations llama.cpp's quantized matmuls compute with.
 # Processes sharing a GPU are time-sliced, not overlapped (bench/estimators-tuning.md: 15 rows together
 # stepped about as fast as one alone), so the script starts CUDA's multi-process service where the image
@@ -35,5 +36,8 @@ timeout $LIMIT python3 scripts/bench/bench_accuracy.py "${COMMON[@]}" --jobs 12 
 timeout $LIMIT python3 scripts/bench/bench_accuracy.py "${COMMON[@]}" --jobs 3 --budget-tokens $FO \
   --methods fo-qv --work /root/w-fo --out $OUT/fo > $OUT/fo.log 2>&1 &
 wait
-for k in zo fo; do cp /root/w-$k/rows.jsonl $OUT/$k-rows.jsonl; done
+for k in zo fo; do
+  mkdir -p $OUT/w-$k; cp /root/w-$k/rows.jsonl $OUT/w-$k/
+  for run in /root/w-$k/run-*; do mkdir -p $OUT/w-$k/${run##*/}; cp $run/metrics.jsonl $OUT/w-$k/${run##*/}/; done
+done
 tail -n 3 $OUT/*.log
