@@ -46,7 +46,7 @@ class Run:
 
 def finetune(model: str | None = None, data: str | None = None, out: str | None = None, *,
              on_metrics: Callable[[dict], None] | None = None, **settings: object) -> Run:
-    """Train a LoRA adapter on `model` (a GGUF path or a shipped model's name; default SmolLM2)
+    """Train a LoRA adapter on `model` (a GGUF path or a shipped model's name; default gemma3-270m)
     with `data` into the run folder `out`, as `prge-gguf train` does; `resume="RUN_DIR"` goes on
     with a run instead. Every row the run logs is passed to `on_metrics` as it is written."""
     from prge_gguf.job import run_training

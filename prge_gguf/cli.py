@@ -27,8 +27,8 @@ from prge_gguf.targets import ALL_TARGETS, DEFAULT_TARGETS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="base model: a GGUF file, or smollm2-135m (default: SmolLM2-135M-Instruct "
-                                   "Q4_1, shipped) or gemma3-270m (Gemma 3 270M Q4_K_M, the gemma extra)")
+    p.add_argument("--model", help="base model: a GGUF file, or gemma3-270m (default: Gemma 3 270M Q4_K_M, "
+                                   "shipped) or smollm2-135m (SmolLM2-135M-Instruct Q4_1, shipped)")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores, max 8)")
     p.add_argument("--n-gpu-layers", type=int, help="layers offloaded to GPU (-1 = all; default 0)")
     p.add_argument("--engine", choices=("llama", "torch"),
@@ -148,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="replace an existing output (never an input)")
     ex.add_argument("--type", dest="merged_type",
                     help="merged tensors' type: Q8_0 (default), F16, Q4_0, ... or base (keep each type)")
-    ex.add_argument("--model", help="its base model GGUF (default: the shipped SmolLM2 model)")
+    ex.add_argument("--model", help="its base model GGUF (default: the default model, gemma3-270m)")
 
     pl = sub.add_parser("plot", help="training curves of a run folder as a PNG")
     pl.add_argument("run_dir", help="run folder written by 'prge-gguf train'")
     pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
 
     info = sub.add_parser("info", help="architecture, quant types and target tensors of a GGUF")
-    info.add_argument("model", nargs="?", help="GGUF file (default: the shipped SmolLM2 model)")
+    info.add_argument("model", nargs="?", help="GGUF file or a shipped model's name (default: gemma3-270m)")
     return parser
 
 

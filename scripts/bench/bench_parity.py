@@ -23,7 +23,7 @@ from prge_gguf.engine import ScoreRequest
 from prge_gguf.engine.llama import LlamaEngine
 from prge_gguf.engine.torch_engine import TorchEngine
 from prge_gguf.lora import init_lora_fa
-from prge_gguf.models import default_model_path
+from prge_gguf.models import smollm2_path
 from prge_gguf.targets import TARGETS
 from prge_gguf.tasks import builtin_task, tokenize
 
@@ -56,7 +56,7 @@ def kl(p, q):
 
 
 def main() -> None:
-    path = default_model_path()
+    path = smollm2_path()
     out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
                  "model": path.name}
     llama, ref = LlamaEngine(path, threads=2), TorchEngine(path, threads=2)

@@ -46,11 +46,11 @@ TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS", "Q8_0", "Q4_0", "Q4_1", "BF16", "
 
 def make_models(types: list[str], source: str, work: Path, threads: int | None) -> dict[str, Path | str]:
     """Each type's model file, or the quantizer's refusal in words."""
-    from prge_gguf.models import default_model_path
+    from prge_gguf.models import smollm2_path
     from prge_gguf.synthetic import quantize, write_synthetic
 
     if source == "shipped":
-        src, native = default_model_path(), "Q4_1"
+        src, native = smollm2_path(), "Q4_1"
     else:
         src, native = write_synthetic(work / f"{source}-F16.gguf", source, "F16"), "F16"
     models: dict[str, Path | str] = {}

@@ -171,10 +171,10 @@ def run_child(variant: str, model: Path, q: int, steps: int, threads: int) -> di
 
 def _models(work: Path, quick: bool) -> list[tuple[str, Path, str]]:
     """(label, path, kind) of every model benchmarked; derived files are made in `work`."""
-    from prge_gguf.models import default_model_path
+    from prge_gguf.models import smollm2_path
     from prge_gguf.synthetic import quantize, write_synthetic
 
-    shipped = default_model_path()
+    shipped = smollm2_path()
     models = [("SmolLM2-135M Q4_1 (shipped)", shipped, "real")]
     if quick:
         return models

@@ -34,9 +34,9 @@ HEAVY = ("numpy", "llama_cpp", "torch", "transformers", "tqdm", "prge_gguf.train
 
 def commands() -> dict[str, list[str]]:
     """The timed commands, by label: the interpreter alone (the floor), --help and info."""
-    from prge_gguf.models import default_model_path
+    from prge_gguf.models import smollm2_path
 
-    model = str(default_model_path())
+    model = str(smollm2_path())
     return {"python -c pass": ["-c", "pass"], "prge-gguf --help": ["-m", "prge_gguf", "--help"],
             "prge-gguf info MODEL": ["-m", "prge_gguf", "info", model]}
 
