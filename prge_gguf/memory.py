@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import GGUFHeader
+from prge_gguf.settings import PARALLEL_GPU
 
 _KV_BYTES = 2  # llama.cpp's KV cache holds f16 keys and values
 _SEQS_PER_DECODE = 64  # rows of logits a decode returns at most (the engine's n_seq_max)
@@ -16,7 +17,8 @@ _SEQS_PER_DECODE = 64  # rows of logits a decode returns at most (the engine's n
 def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, ...]], rank: int, q: int, n_ctx: int
                 ) -> int:
     """Bytes a P-RGE run needs, from above: the model file (mapped, so paged in as it is read),
-    the KV cache and logits of one decode, and float32 copies of the adapter: the trained one, its
+    the KV cache and logits of one decode in each context a step can use (min(2q, PARALLEL_GPU),
+    the most --parallel's default makes), and float32 copies of the adapter: the trained one, its
     2q perturbations, the next one and the engine's loaded pair."""
     md, arch = header.metadata, header.architecture
     n_layer = int(md.get(f"{arch}.block_count", 0))
@@ -27,7 +29,8 @@ def train_bytes(header: GGUFHeader, shapes: dict[str, tuple[int, ...]], rank: in
     logits = _SEQS_PER_DECODE * n_vocab * 4
     adapter = 4 * sum(math.prod(experts) * rank * (out_dim + in_dim)
                       for *experts, out_dim, in_dim in shapes.values())
-    return Path(header.path).stat().st_size + kv + logits + adapter * (2 * q + 4)
+    contexts = min(2 * q, PARALLEL_GPU)
+    return Path(header.path).stat().st_size + (kv + logits) * contexts + adapter * (2 * q + 4)
 
 
 def default_train_bytes(header: GGUFHeader) -> tuple[int, str]:

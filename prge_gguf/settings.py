@@ -27,6 +27,10 @@ GPU_MAX_N_CTX = 1536
 # batch is accuracy almost for free (bench/sweeps/batch-gpu.md: SST-2 validation 0.77 -> 0.82 in
 # the same minutes).
 GPU_ZO_BATCH = 64
+# Contexts that score a step's perturbations at once on a GPU unless --parallel says otherwise:
+# on an H200 (bench/gpu.md) 8 stepped fastest of 1 and 8 at q = 4 on the 135M, 1.1B and 7B
+# shapes; q = 1 makes only its 2.
+PARALLEL_GPU = 8
 DEFAULT_TEMPLATE = "{text}"
 TRAIN_KEYS = ("steps", "batch_size", "q", "eps", "lr", "lr_schedule", "weight_decay", "loss", "optimizer",
               "estimator", "train_a", "seed", "rank", "alpha", "targets", "num_layers", "eval_every",
@@ -66,6 +70,17 @@ def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]
     lr_factor, eps = ARCHITECTURE_ZO[architecture]
     scaled = {"lr": DEFAULT_LR[optimizer] * lr_factor} if optimizer != "zo-adam" else {}
     return {**scaled, "eps": eps}
+
+
+def default_parallel(n_gpu_layers: int, threads: int) -> int:
+    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU a context a thread, at
+    most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out among those).
+    Measured: on the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4
+    (1.85x one context of 16) and 2 x 8 at q = 1; on 2 cores 2 x 1 steps 1.1-1.2x faster than
+    one context of 2 on Gemma 3 270M and SmolLM2-135M (docs/engines.md)."""
+    if n_gpu_layers != 0:
+        return PARALLEL_GPU
+    return max(1, min(PARALLEL_GPU, threads))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import LoraAdapter
 from prge_gguf.scoring import ScoreRequest
+from prge_gguf.settings import default_parallel
 
 _GGML_LOG_ERROR = 4
 
@@ -73,21 +74,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# Contexts that score a step's perturbations at once on a GPU unless --parallel says otherwise:
-# on an H200 (bench/gpu.md) 8 stepped fastest of 1 and 8 at q = 4 on the 135M, 1.1B and 7B
-# shapes; q = 1 makes only its 2.
-PARALLEL_GPU = 8
-# CPU threads a context takes by default: on the H200 machine's 16 cores the step was fastest
-# split 8 contexts x 2 threads at q = 4 (1.85x one context of 16) and 2 x 8 at q = 1.
-THREADS_PER_CPU_CONTEXT = 2
-
-
-def default_parallel(n_gpu_layers: int, threads: int) -> int:
-    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU, a context for each
-    THREADS_PER_CPU_CONTEXT of the threads (one on a 2-core machine), at most PARALLEL_GPU."""
-    if n_gpu_layers != 0:
-        return PARALLEL_GPU
-    return max(1, min(PARALLEL_GPU, threads // THREADS_PER_CPU_CONTEXT))
 
 
 @dataclass

@@ -66,6 +66,10 @@ from prge_gguf.targets import TARGETS
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the checkout
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
+# The probe's first steps run slow (the mmapped model's pages, allocators growing): with 4 steps and
+# all of them timed, Gemma's P-RGE row on the 2-core CPU was probed at 1.72 s a step and ran at
+# 1.29, first-order at 5.8 against 5.2, so rows trained 12-25% short of their budget.
+PROBE_STEPS, PROBE_WARMUP = 12, 4
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
 # method -> train flags; the budget decides --steps. q * batch = 16 forward rows a query pair.
@@ -230,9 +234,9 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     probe, run = (work / f"{kind}-{task}-{label}-{method}-{seed}" for kind in ("probe", "run"))
     for stale in (probe, run):  # from a row stopped midway (only finished rows are kept)
         shutil.rmtree(stale, ignore_errors=True)
-    cli([*base, "--steps", "4", "--eval-every", "0", "--valid", str(_one_example(task, work)),
+    cli([*base, "--steps", str(PROBE_STEPS), "--eval-every", "0", "--valid", str(_one_example(task, work)),
          "--out", str(probe)], threads)
-    probed = [r for r in _rows(probe) if "loss" in r]
+    probed = [r for r in _rows(probe) if "loss" in r][PROBE_WARMUP:]
     per_step = statistics.median(r["tokens"] if budget_tokens else r["step_s"] for r in probed)
     steps = max(1, int((budget_tokens or budget_s) / per_step))
     _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
