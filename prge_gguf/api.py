@@ -151,7 +151,8 @@ def generate(prompts: Sequence[str], model: str | None = None, *, adapter: str |
         for prompt in prompts:
             if chat:
                 if not engine.chat_template:
-                    raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template")
+                    raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template "
+                                    "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")
                 text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
                 tokens = engine.tokenize(text, add_special=True, parse_special=True)
             else:

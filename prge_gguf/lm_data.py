@@ -162,7 +162,8 @@ def tokenize_lm_example(engine: Tokenizer, ex: LMExample) -> TokenizedExample:
     """One score request over the whole sequence, reading each scored token's log-prob."""
     if ex.messages:
         if not engine.chat_template:
-            raise PrgeError(f"{ex.place}: chat records need a model with tokenizer.chat_template")
+            raise PrgeError(f"{ex.place}: chat records need a model with tokenizer.chat_template "
+                            "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")
         segments, special = chat_segments(engine.chat_template, engine.special_tokens(), ex), True
     else:
         segments, special = ex.segments, False

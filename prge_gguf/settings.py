@@ -73,14 +73,15 @@ def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]
 
 
 def default_parallel(n_gpu_layers: int, threads: int) -> int:
-    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU a context a thread, at
-    most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out among those).
-    Measured: on the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4
-    (1.85x one context of 16) and 2 x 8 at q = 1; on 2 cores 2 x 1 steps 1.1-1.2x faster than
-    one context of 2 on Gemma 3 270M and SmolLM2-135M (docs/engines.md)."""
+    """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU a context for each 2
+    threads, at most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out).
+    On the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4 (1.85x one
+    context of 16) and 2 x 8 at q = 1. On 2 cores two contexts of one thread step 1.1-1.2x faster
+    than one of two, but a Ctrl-C there crashed a run once (SIGSEGV in tests/test_resume.py's
+    Ctrl-C-at-any-point test), so a 2-core machine keeps one context until that is found."""
     if n_gpu_layers != 0:
         return PARALLEL_GPU
-    return max(1, min(PARALLEL_GPU, threads))
+    return max(1, min(PARALLEL_GPU, threads // 2))
 
 
 @dataclass
