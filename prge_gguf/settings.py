@@ -77,8 +77,8 @@ def default_parallel(n_gpu_layers: int, threads: int) -> int:
     threads, at most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out).
     On the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4 (1.85x one
     context of 16) and 2 x 8 at q = 1. On 2 cores two contexts of one thread step 1.1-1.2x faster
-    than one of two, but a Ctrl-C there crashed a run once (SIGSEGV in tests/test_resume.py's
-    Ctrl-C-at-any-point test), so a 2-core machine keeps one context until that is found."""
+    than one of two; they become the default there once the Ctrl-C tests have run them as long as
+    one context (a Ctrl-C inside LlamaEngine.close crashed such runs until close held it back)."""
     if n_gpu_layers != 0:
         return PARALLEL_GPU
     return max(1, min(PARALLEL_GPU, threads // 2))

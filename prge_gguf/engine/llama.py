@@ -15,12 +15,15 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +77,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back (in the main thread, where Python raises it) until the block ends."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield  # Windows has no signal mask; other threads never see KeyboardInterrupt
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -216,20 +232,21 @@ class LlamaEngine:
         return slots
 
     def _free_slots(self) -> None:
-        if self._workers is not None:
-            self._workers.shutdown()
-            self._workers = None
-        for slot in self._slots:
+        # Each handle is taken out before it is freed, so that no path frees one twice.
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown()
+        slots, self._slots = self._slots, []
+        for slot in slots:
             slot.context.free()
             if slot.resident is not None:
                 slot.resident.free()
-        self._slots = []
 
     def _free_contexts(self) -> None:
         self._free_slots()
-        if self._main is not None:
-            self._main.free()
-            self._main = None
+        main, self._main = self._main, None
+        if main is not None:
+            main.free()
         self._active = ()  # adapters are set per context
 
     # -- text ---------------------------------------------------------------------------------
@@ -342,16 +359,20 @@ class LlamaEngine:
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Free contexts (before the model), adapters, model; stop the worker threads."""
-        self._free_contexts()
-        for handle in self._adapters.values():
-            ll.llama_adapter_lora_free(handle)
-        self._adapters.clear()
-        if self._model:
-            ll.llama_model_free(self._model)
-            self._model = None
-        self._pool.shutdown()
-        self._tmp.cleanup()
+        """Free contexts (before the model), adapters, model; stop the worker threads. A Ctrl-C
+        meanwhile is raised once all is freed: one that cut a close short left the model to be
+        freed again by __del__, which crashed the process (SIGSEGV)."""
+        with _sigint_held():
+            self._free_contexts()
+            handles = list(self._adapters.values())
+            self._adapters.clear()
+            for handle in handles:
+                ll.llama_adapter_lora_free(handle)
+            model, self._model = self._model, None
+            if model:
+                ll.llama_model_free(model)
+            self._pool.shutdown()
+            self._tmp.cleanup()
 
     def __enter__(self) -> LlamaEngine:
         return self
