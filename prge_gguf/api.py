@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prge_gguf.errors import PrgeError
+from prge_gguf.models import CHAT_MODEL_HINT
 from prge_gguf.settings import check_known, resolve
 
 
@@ -152,7 +153,7 @@ def generate(prompts: Sequence[str], model: str | None = None, *, adapter: str |
             if chat:
                 if not engine.chat_template:
                     raise PrgeError(f"{engine.model_path}: --chat needs a model with tokenizer.chat_template "
-                                    "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")
+                                    f"{CHAT_MODEL_HINT}")
                 text = generation_prompt(engine.chat_template, engine.special_tokens(), prompt)
                 tokens = engine.tokenize(text, add_special=True, parse_special=True)
             else:

@@ -17,6 +17,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from prge_gguf.errors import PrgeError
+from prge_gguf.models import CHAT_MODEL_HINT
 from prge_gguf.scoring import ScoreRequest, TokenizedExample, Tokenizer
 
 
@@ -163,7 +164,7 @@ def tokenize_lm_example(engine: Tokenizer, ex: LMExample) -> TokenizedExample:
     if ex.messages:
         if not engine.chat_template:
             raise PrgeError(f"{ex.place}: chat records need a model with tokenizer.chat_template "
-                            "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")
+                            f"{CHAT_MODEL_HINT}")
         segments, special = chat_segments(engine.chat_template, engine.special_tokens(), ex), True
     else:
         segments, special = ex.segments, False

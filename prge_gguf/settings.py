@@ -76,9 +76,9 @@ def default_parallel(n_gpu_layers: int, threads: int) -> int:
     """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU a context for each 2
     threads, at most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out).
     On the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4 (1.85x one
-    context of 16) and 2 x 8 at q = 1. On 2 cores two contexts of one thread step 1.1-1.2x faster
-    than one of two; they become the default there once the Ctrl-C tests have run them as long as
-    one context (a Ctrl-C inside LlamaEngine.close crashed such runs until close held it back)."""
+    context of 16) and 2 x 8 at q = 1. On 2 cores two contexts of one thread step 1.17x faster
+    (bench/speed.md, llama-2ctx) but the default stays the one context that the Ctrl-C and resume
+    tests run on (docs/design.md)."""
     if n_gpu_layers != 0:
         return PARALLEL_GPU
     return max(1, min(PARALLEL_GPU, threads // 2))

@@ -20,8 +20,7 @@ _TIMING = ("wall", "step_s", "tok_s", "ranks", "comm_bytes", "comm_s", "train_s"
 
 def _train_args(out: Path, valid: Path, steps: int = 6) -> list[str]:
     return ["-m", "prge_gguf", "train", "--model", "smollm2-135m", "--task", "sst2", "--valid", str(valid),
-            "--steps", str(steps),
-            "--batch-size", "4", "--q", "2", "--lr", "1e-2", "--eval-every", "0",
+            "--steps", str(steps), "--batch-size", "4", "--q", "2", "--lr", "1e-2", "--eval-every", "0",
             "--checkpoint-every", "1", "--out", str(out)]
 
 

@@ -140,3 +140,21 @@ def test_json_list_files_name_the_bad_record(tmp_path):
     alpaca.write_text(json.dumps([{"instruction": "x", "output": "y", "history": "no"}]))
     with pytest.raises(PrgeError, match=r"alpaca.json\[0\]: 'history' must be a list of"):
         Task("custom", "{text}", None).examples(alpaca)
+
+
+@pytest.mark.default_model
+def test_chat_data_on_a_model_without_a_chat_template_is_one_line(tmp_path, capsys):
+    """The default Gemma 3 270M is a base model: chat records and --chat name the way out, and
+    the run folder is not made."""
+    data = _jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]}])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--steps", "1", "--batch-size", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {data}:1: chat records need a model with tokenizer.chat_template "
+        "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")
+    assert not out.exists()
+    assert main(["generate", "--prompt", "hi", "--chat", "--max-tokens", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        ": --chat needs a model with tokenizer.chat_template "
+        "(the default gemma3-270m is a base model: e.g. --model smollm2-135m)")

@@ -229,8 +229,7 @@ def _small_run(out, valid, *extra):
         train.write_text("".join(f'{{"text": "{t}", "label": {y}}}\n' for t, y in
                                  [("a joy", 1), ("tedious", 0), ("superb", 1), ("awful", 0)]))
     return ["train", "--model", "smollm2-135m", "--task", "sst2", "--data", str(train), "--valid", str(valid),
-            "--steps", "3",
-            "--batch-size", "2",
+            "--steps", "3", "--batch-size", "2",
             "--targets", "attn_v", "--lr", "1e-2", "--checkpoint-every", "1", "--eval-every", "1",
             "--threads", "2", "--out", str(out), *extra]
 

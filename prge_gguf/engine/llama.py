@@ -77,8 +77,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-
-
 @contextmanager
 def _sigint_held() -> Iterator[None]:
     """Hold SIGINT back (in the main thread, where Python raises it) until the block ends."""
@@ -360,8 +358,8 @@ class LlamaEngine:
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Free contexts (before the model), adapters, model; stop the worker threads. A Ctrl-C
-        meanwhile is raised once all is freed: one that cut a close short left the model to be
-        freed again by __del__, which crashed the process (SIGSEGV)."""
+        meanwhile is raised once all is freed, so that __del__ never meets a half-freed engine
+        (freeing the model twice crashes the process)."""
         with _sigint_held():
             self._free_contexts()
             handles = list(self._adapters.values())
