@@ -36,6 +36,13 @@ table has the scored split's majority class beside zero-shot, and each row's pre
     python scripts/bench/bench_accuracy.py --tuning-only --tasks sst2 --models smollm2-135m \
         --methods zo-b64 zo-b64-hizoo zo-b64-lozo zo-b64-conmezo fo-qv --budget-min 6
 
+Rows sharing a machine (`--jobs`) slow each other, and with them the probe each row times at its
+start, so they get fewer steps than the budget would give one row alone. `--probe-alone` times every
+(task, model, method)'s probe first, one at a time with nothing else running (the seeds share it;
+kept in WORK/probes.jsonl), converts each row's `--budget-min` into steps at that exclusive
+seconds a step, and only then runs the rows `--jobs` at once: every row then trains the steps of
+its budget alone, in a longer (shared) wall time, which the table's "train wall" reports.
+
 On a GPU machine: a model given as LABEL=PATH keeps its label in the rows, and each engine's
 extra flags go to every command that runs on it:
 
@@ -223,24 +230,41 @@ def label_counts(task: str, data_dir: Path) -> tuple[list[str], list[int]]:
     return words, [labels.count(k) for k in range(len(words))]
 
 
+def _train_args(task: str, model: str, method: str, seed: int) -> list[str]:
+    """`prge-gguf train` flags of a row, all but its steps, evaluations and output folder."""
+    engine = "torch" if "torch" in METHODS[method] else "llama"
+    return ["train", *SPLITS[task], "--model", model, *METHODS[method], *EXTRA[engine],
+            "--seed", str(seed), "--checkpoint-every", "0"]
+
+
+def probe_step(task: str, label: str, model: str, method: str, seed: int, work: Path,
+               threads: int) -> dict:
+    """A short run of the row's own settings: the median seconds (`step_s`) and forward tokens
+    (`tokens`) of a step, the warm-up steps left out."""
+    probe = work / f"probe-{task}-{label}-{method}-{seed}"
+    shutil.rmtree(probe, ignore_errors=True)  # from a probe stopped midway
+    cli([*_train_args(task, model, method, seed), "--steps", str(PROBE_STEPS), "--eval-every", "0",
+         "--valid", str(_one_example(task, work)), "--out", str(probe)], threads)
+    probed = [r for r in _rows(probe) if "loss" in r][PROBE_WARMUP:]
+    return {key: statistics.median(r[key] for r in probed) for key in ("step_s", "tokens")}
+
+
 def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
-              threads: int, evals: int, val_size: int, budget_tokens: float = 0) -> dict:
+              threads: int, evals: int, val_size: int, budget_tokens: float = 0,
+              probe: dict | None = None) -> dict:
     """Train `method` for `budget_s` of training wall time (or, given, `budget_tokens` forward
     tokens), then score the test set with the adapter of the best validation score and with the
-    final one; with --tuning-only, report those two validation scores instead."""
-    engine = "torch" if "torch" in METHODS[method] else "llama"
-    base = ["train", *SPLITS[task], "--model", model, *METHODS[method], *EXTRA[engine],
-            "--seed", str(seed), "--checkpoint-every", "0"]
-    probe, run = (work / f"{kind}-{task}-{label}-{method}-{seed}" for kind in ("probe", "run"))
-    for stale in (probe, run):  # from a row stopped midway (only finished rows are kept)
-        shutil.rmtree(stale, ignore_errors=True)
-    cli([*base, "--steps", str(PROBE_STEPS), "--eval-every", "0", "--valid", str(_one_example(task, work)),
-         "--out", str(probe)], threads)
-    probed = [r for r in _rows(probe) if "loss" in r][PROBE_WARMUP:]
-    per_step = statistics.median(r["tokens"] if budget_tokens else r["step_s"] for r in probed)
+    final one; with --tuning-only, report those two validation scores instead. The steps come
+    from `probe` (`probe_step`'s record, e.g. one run alone before the rows), else from a probe
+    run at the row's start."""
+    probe = probe or probe_step(task, label, model, method, seed, work, threads)
+    per_step = probe["tokens"] if budget_tokens else probe["step_s"]
     steps = max(1, int((budget_tokens or budget_s) / per_step))
-    _, rss = cli([*base, "--steps", str(steps), "--eval-every", str(max(1, steps // evals)),
-                  "--eval-size", str(val_size), "--out", str(run)], threads)
+    run = work / f"run-{task}-{label}-{method}-{seed}"
+    shutil.rmtree(run, ignore_errors=True)  # from a row stopped midway (only finished rows are kept)
+    _, rss = cli([*_train_args(task, model, method, seed), "--steps", str(steps),
+                  "--eval-every", str(max(1, steps // evals)), "--eval-size", str(val_size),
+                  "--out", str(run)], threads)
     rows = _rows(run)
     final = next(r for r in rows if "final_eval_accuracy" in r)
     steps_run = [r for r in rows if "loss" in r]
@@ -257,9 +281,37 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
         predicted, final_predicted = m["predicted"], f["predicted"]
     return {"accuracy": accuracy, "final_accuracy": final_accuracy, "best_step": best["step"],
             "predicted": predicted, "final_predicted": final_predicted,
-            "wall_s": final["train_s"], "steps": steps,
+            "wall_s": final["train_s"], "steps": steps, "probe_step_s": probe["step_s"],
             "forward_tokens": sum(r["tokens"] for r in steps_run), "peak_rss_mib": rss,
             "curve": [[r["wall"], r["eval_accuracy"]] for r in evaluated]}
+
+
+def probes_alone(keys: list[tuple], models: dict[str, str], work: Path, threads: int) -> dict[tuple, dict]:
+    """--probe-alone: `probe_step` for each (task, model label, method) of `keys`, one at a time
+    before any row starts, so that no other process slows it (seeds share their method's probe;
+    under --jobs the rows' own probes would share the machine and see slow steps, and the rows
+    would get too few steps). Kept in WORK/probes.jsonl: a rerun reuses them. A probe that fails
+    is left out, and with it its rows."""
+    path = work / "probes.jsonl"
+    probes = {}
+    if path.exists():
+        probes = {(r["task"], r["model"], r["method"]): r
+                  for r in map(json.loads, path.read_text().splitlines())}
+    for task, label, method in dict.fromkeys(keys):
+        if (task, label, method) in probes:
+            continue
+        try:
+            probe = probe_step(task, label, models[label], method, 0, work, threads)
+        except subprocess.CalledProcessError as e:
+            print(f"probe {task} {label} {method}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}",
+                  file=sys.stderr, flush=True)
+            continue
+        probes[(task, label, method)] = record = {"task": task, "model": label, "method": method, **probe}
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"probe {task} {label} {method} alone: {probe['step_s']:.3f} s a step", file=sys.stderr,
+              flush=True)
+    return probes
 
 
 def _one_example(task: str, work: Path) -> Path:
@@ -321,6 +373,20 @@ def summarize(rows: list[dict], classes: dict[str, tuple[list[str], list[int]]] 
     return summary, "\n".join(lines)
 
 
+def probe_note(rows: list[dict], by_tokens: bool) -> str:
+    """How the training rows' steps were set, and what their train wall is, from the rows' records."""
+    per_step = "forward tokens" if by_tokens else "seconds"
+    how = f"each row's steps fill the budget at the {per_step} a step of a {PROBE_STEPS}-step probe " \
+        f"({PROBE_WARMUP} warm-up)"
+    alone = {r["jobs"] for r in rows if r.get("probe_alone") and r.get("steps")}
+    if not alone:
+        return f"{how} run at its start."
+    return (f"{how} run alone on the machine before any row started (--probe-alone; one probe per task, "
+            "model and method, the seeds sharing it: probe_step_s in the JSON); then the rows ran "
+            f"{' or '.join(map(str, sorted(alone)))} at once, so their train wall is the wall of a shared "
+            "machine, longer than the budget.")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Validation accuracy (held-out training rows, step 0 = zero-shot) against training wall time."""
     import matplotlib
@@ -366,6 +432,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with --threads)")
     p.add_argument("--gpus", type=int, default=0, help="spread the rows run at once over this many GPUs")
+    p.add_argument("--probe-alone", action="store_true",
+                   help="time each (task, model, method)'s probe alone on the machine before any row "
+                        "starts; the rows then run --jobs at once, their steps filling --budget-min at the "
+                        "probe's seconds a step (their train wall: the longer wall of a shared machine)")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR,
                    help="folder holding superglue/{RTE,CB,COPA,WiC}/{train,val}.jsonl")
     p.add_argument("--llama-args", default="", help="extra flags for every llama-engine command, e.g. "
@@ -430,6 +500,10 @@ def main() -> None:
         f"CPU {info['cpu']} ({info['cores']} cores)"
 
     gpus = GpuSlots(args.gpus)
+    probes: dict[tuple, dict] = {}
+    if args.probe_alone:
+        probes = probes_alone([k[:3] for k in todo if k[2] != "zero-shot"], models, args.work, args.threads)
+        todo = [k for k in todo if k[2] == "zero-shot" or k[:3] in probes]
 
     def run(k: tuple) -> dict | None:
         task, label, method, seed = k
@@ -437,13 +511,15 @@ def main() -> None:
             with gpus.env() as GPU_ENV.env:
                 result = zero_shot(task, models[label], args.threads) if method == "zero-shot" \
                     else train_row(task, label, models[label], method, seed, args.budget_min * 60, args.work,
-                                   args.threads, args.evals, args.val_size, budgets.get(task, 0.0))
+                                   args.threads, args.evals, args.val_size, budgets.get(task, 0.0),
+                                   probes.get(k[:3]))
         except subprocess.CalledProcessError as e:  # left out of rows.jsonl: a rerun tries it again
             print(f"{k}: failed (exit {e.returncode}):\n{(e.stderr or '')[-2000:]}", file=sys.stderr,
                   flush=True)
             return None
         row = {"task": task, "model": label, "method": method, "seed": seed, "machine": where,
-               "scored": "validation" if TUNING_ONLY else "test", **result}
+               "scored": "validation" if TUNING_ONLY else "test", "probe_alone": args.probe_alone,
+               "jobs": args.jobs, **result}
         with done_file.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{k}: accuracy {row['accuracy']:.3f}", file=sys.stderr, flush=True)
@@ -469,11 +545,12 @@ def main() -> None:
     write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
                              "budget_tokens": budgets if args.budget_tokens else 0,
                              "tuning_only": TUNING_ONLY, "zero_shot_engine": ZERO_SHOT_ENGINE,
-                             "jobs": args.jobs, "gpus": args.gpus, "extra_args": EXTRA, "models": models,
+                             "jobs": args.jobs, "gpus": args.gpus, "probe_alone": args.probe_alone,
+                             "extra_args": EXTRA, "models": models,
                              "summary": summary, "rows": done},
                   table + f"\n\nBudget {budget} per row ({args.jobs} rows "
                   f"at once{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); "
-                  + scoring + "; plot: "
+                  + scoring + "; " + probe_note(done, bool(args.budget_tokens)) + " Plot: "
                   f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
                   f"{info['llama_cpp_python']}, commit {info['git_commit']}."
                   + (f" Extra flags: {extra}." if extra else ""))

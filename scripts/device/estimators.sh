@@ -9,21 +9,13 @@
 # $OUT/w-{zo,fo} hold each bench's rows.jsonl (finished rows) and every run's metrics.jsonl, stopped ones
 # too (scripts/bench/report_estimators.py reads them at equal forward tokens). TF32 matmuls (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE): 10 mantissa bits,
 # more than the 8-bit activations llama.cpp's quantized matmuls compute with.
-# Processes sharing a GPU are time-sliced, not overlapped (bench/estimators-tuning.md: 15 rows together
-# stepped about as fast as one alone), so the script starts CUDA's multi-process service where the image
-# has it: the rows' small kernels then run side by side.
+# The rows share the GPU under CUDA's multi-process service (mps.sh).
 LIMIT=$1; T=$2
 METHODS=${METHODS:-"zo-b64t zo-b64t-conmezo"}; SEEDS=${SEEDS:-"0 1 2"}; SCALE=${SCALE:-1}
 . scripts/device/model.sh smollm2-135m
 export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1
 M=/root/smollm2-135m.gguf
-if command -v nvidia-cuda-mps-control > /dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  nvidia-cuda-mps-control -d && echo "mps: on" > $OUT/mps.txt
-else
-  echo "mps: not on this image" > $OUT/mps.txt
-fi
+. scripts/device/mps.sh
 # P-RGE's forward tokens a step (2 x 64 rows) on the llama engine's tokenizer: SST-2 2,180, WiC 5,080,
 # RTE 10,810, CB 12,180 (bench/accuracy-6min.json).
 budget() { for kv in "$@"; do echo -n "${kv%%=*}=$(python3 -c "print(${kv#*=} * $SCALE)") "; done; }
