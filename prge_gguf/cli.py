@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--parallel", type=int, metavar="K",
                     help="llama.cpp contexts that score a step's 2q perturbations at once, each with one "
                          "adapter, from K threads; the CPU threads are shared out among them (default: "
-                         "8 with --n-gpu-layers; on the CPU one per 2 threads, at most 8)")
+                         "8 with --n-gpu-layers; on the CPU one per 2 threads, at least 2, at most 8)")
     tr.add_argument("--distributed", action="store_true",
                     help="one rank of a job started by 'torchrun --nproc_per_node N -m prge_gguf train "
                          "... --distributed': the ranks share each step's perturbations (needs torch)")

@@ -24,6 +24,7 @@ import numpy as np
 from prge_gguf.errors import PrgeError
 from prge_gguf.lora import LoraAdapter, read_gguf, write_gguf
 from prge_gguf.outputs import RUN_MARKER, publish, replace_folder
+from prge_gguf.signals import sigint_held
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -63,16 +64,18 @@ class RunDir:
     def open_new(cls, path: Path, config: dict, adapter: LoraAdapter,
                  optimizer: Mapping[str, np.ndarray] | None = None) -> RunDir:
         """Start a run in `path` (checked by `outputs.check_run_folder`): the step-0 checkpoint
-        first, then config.json, so that a run stopped at any point after this resumes."""
+        first, then config.json, so that a run stopped at any point after this resumes. A Ctrl-C
+        waits until both are written: a folder without config.json cannot be resumed."""
         if (path / RUN_MARKER).exists():
             raise PrgeError(f"{path}: already holds a run ({RUN_MARKER}); resume it with --resume")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PrgeError(f"--out {path}: cannot create the run folder ({exc.strerror or exc})") from None
-        run = cls(path)
-        run.save_checkpoint(adapter, 0, optimizer)
-        run.rewrite_config(config)
+        with sigint_held():
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PrgeError(f"--out {path}: cannot create the run folder ({exc.strerror or exc})") from None
+            run = cls(path)
+            run.save_checkpoint(adapter, 0, optimizer)
+            run.rewrite_config(config)
         run._metrics = (path / "metrics.jsonl").open("a")
         return run
 

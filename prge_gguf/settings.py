@@ -74,14 +74,13 @@ def architecture_defaults(architecture: str, optimizer: str) -> dict[str, float]
 
 def default_parallel(n_gpu_layers: int, threads: int) -> int:
     """--parallel's default: PARALLEL_GPU with layers on a GPU; on the CPU a context for each 2
-    threads, at most PARALLEL_GPU (a step uses min(K, 2q) of them and shares the threads out).
-    On the H200 machine's 16 cores 8 contexts x 2 threads stepped fastest at q = 4 (1.85x one
-    context of 16) and 2 x 8 at q = 1. On 2 cores two contexts of one thread step 1.17x faster
-    (bench/speed.md, llama-2ctx) but the default stays the one context that the Ctrl-C and resume
-    tests run on (docs/design.md)."""
+    threads and at least 2 (one with one thread), at most PARALLEL_GPU (a step uses min(K, 2q) of
+    them and shares the threads out). On the H200 machine's 16 cores 8 contexts x 2 threads stepped
+    fastest at q = 4 (1.85x one context of 16) and 2 x 8 at q = 1; on 2 cores two contexts of one
+    thread stepped 1.17x faster than one of two (bench/speed.md, llama-2ctx)."""
     if n_gpu_layers != 0:
         return PARALLEL_GPU
-    return max(1, min(PARALLEL_GPU, threads // 2))
+    return min(PARALLEL_GPU, max(threads // 2, min(threads, 2)))
 
 
 @dataclass

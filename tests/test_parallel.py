@@ -122,8 +122,8 @@ def test_a_decode_that_fails_in_a_worker_raises_and_leaves_the_engine_usable(mod
                      _OneAtATime(engine).score_each(requests, adapters))
 
 
-def test_default_parallel_is_one_context_per_two_cpu_threads_and_eight_on_a_gpu(model_path):
-    assert [default_parallel(0, t) for t in (1, 2, 3, 8, 16, 64)] == [1, 1, 1, 4, 8, 8]
+def test_default_parallel_is_one_context_per_two_cpu_threads_at_least_two_and_eight_on_a_gpu(model_path):
+    assert [default_parallel(0, t) for t in (1, 2, 3, 4, 8, 16, 64)] == [1, 2, 2, 2, 4, 8, 8]
     assert default_parallel(-1, 2) == default_parallel(10, 16) == 8
     with pytest.raises(PrgeError, match="--parallel must be >= 1, got 0"):
         LlamaEngine(model_path, parallel=0)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prge_gguf.cli import main
@@ -251,6 +252,30 @@ def test_ctrl_c_in_the_step_0_evaluation_leaves_a_run_that_resumes(tmp_path, mon
     monkeypatch.undo()
     assert main(["train", "--resume", str(out)]) == 0
     assert (out / "adapter.gguf").read_bytes() == (tmp_path / "whole" / "adapter.gguf").read_bytes()
+
+
+def test_ctrl_c_while_the_run_folder_is_made_waits_for_its_config(tmp_path, model_path, monkeypatch):
+    # A Ctrl-C between the folder's first file and config.json left a folder that --resume
+    # called "not a run folder"; now it is raised once both are written.
+    from prge_gguf.gguf_header import read_header
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.run_dir import RunDir
+
+    adapter = init_lora_fa(read_header(model_path), ["attn_v"], 8, 16.0, 0)
+    save_checkpoint = RunDir.save_checkpoint
+
+    def interrupted_while_saving(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        save_checkpoint(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", interrupted_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        RunDir.open_new(tmp_path / "run", {"train": {}}, adapter)
+    monkeypatch.undo()
+    run, config, step, resumed, _ = RunDir.open_resume(tmp_path / "run")
+    run.close()
+    assert (config, step) == ({"train": {}}, 0)
+    assert all(np.array_equal(resumed.b[n], adapter.b[n]) for n in adapter.names)
 
 
 def test_a_nan_at_step_1_keeps_the_step_0_checkpoint(tmp_path, capsys):

@@ -15,15 +15,12 @@ import ctypes
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import LoraAdapter
 from prge_gguf.scoring import ScoreRequest
 from prge_gguf.settings import default_parallel
+from prge_gguf.signals import sigint_held
 
 _GGML_LOG_ERROR = 4
 
@@ -75,19 +73,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-@contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold SIGINT back (in the main thread, where Python raises it) until the block ends."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield  # Windows has no signal mask; other threads never see KeyboardInterrupt
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -360,7 +345,7 @@ class LlamaEngine:
         """Free contexts (before the model), adapters, model; stop the worker threads. A Ctrl-C
         meanwhile is raised once all is freed, so that __del__ never meets a half-freed engine
         (freeing the model twice crashes the process)."""
-        with _sigint_held():
+        with sigint_held():
             self._free_contexts()
             handles = list(self._adapters.values())
             self._adapters.clear()
