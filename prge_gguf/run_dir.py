@@ -72,7 +72,8 @@ class RunDir:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise PrgeError(f"--out {path}: cannot create the run folder ({exc.strerror or exc})") from None
+                raise PrgeError(f"--out {path}: cannot create the run folder "
+                                f"({exc.strerror or exc})") from None
             run = cls(path)
             run.save_checkpoint(adapter, 0, optimizer)
             run.rewrite_config(config)

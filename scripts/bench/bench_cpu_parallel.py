@@ -50,11 +50,12 @@ def main() -> None:
         for model in args.models:
             for k in args.parallel:
                 rows = train_steps(model, k, args.steps, args.threads)
-                medians.setdefault((model, k), []).append(statistics.median(r["step_s"] for r in rows[args.warmup:]))
+                timed = [r["step_s"] for r in rows[args.warmup:]]
+                medians.setdefault((model, k), []).append(statistics.median(timed))
                 hashes.setdefault(model, set()).add(rows[-1]["adapter_sha256"])
     if unequal := [m for m, h in hashes.items() if len(h) > 1]:
         sys.exit(f"the K rows of {', '.join(unequal)} ended with different adapters")
-    lines = ["| model | --parallel | contexts x threads | s/step (median of rounds) | each round | vs K = 1 |",
+    lines = ["| model | --parallel | contexts x threads | s/step (median of rounds) | each round | speedup |",
              "| --- | --- | --- | --- | --- | --- |"]
     rows = []
     for (model, k), runs in medians.items():
