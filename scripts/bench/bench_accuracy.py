@@ -8,7 +8,8 @@ scores a validation split of the training data `--evals` times (and at step 0); 
 set is scored with the adapter that scored best there (MeZO's protocol: a run that never beat
 step 0 reports the zero-shot model) and with the final adapter, both on the llama engine (what
 llama.cpp users deploy). Finished rows are kept in OUT_DIR/rows.jsonl, so an interrupted run
-continues where it stopped.
+continues where it stopped; the report tables the run folders of rows that never finished (a bench
+stopped by a timeout) apart, with the validation scorings they reached.
 
 Splits (`tuning_split`, from the files under --data-dir, ../shared/data); the sweeps tune on the
 same training/validation files, and no test row is read before the final scoring:
@@ -249,6 +250,13 @@ def probe_step(task: str, label: str, model: str, method: str, seed: int, work: 
     return {key: statistics.median(r[key] for r in probed) for key in ("step_s", "tokens")}
 
 
+def budget_steps(probe: dict, budget_s: float, budget_tokens: float = 0) -> int:
+    """The steps that fill `budget_tokens` forward tokens (if given) or `budget_s` seconds at
+    `probe`'s (`probe_step`'s record) tokens or seconds a step."""
+    per_step = probe["tokens"] if budget_tokens else probe["step_s"]
+    return max(1, int((budget_tokens or budget_s) / per_step))
+
+
 def train_row(task: str, label: str, model: str, method: str, seed: int, budget_s: float, work: Path,
               threads: int, evals: int, val_size: int, budget_tokens: float = 0,
               probe: dict | None = None) -> dict:
@@ -258,8 +266,7 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
     from `probe` (`probe_step`'s record, e.g. one run alone before the rows), else from a probe
     run at the row's start."""
     probe = probe or probe_step(task, label, model, method, seed, work, threads)
-    per_step = probe["tokens"] if budget_tokens else probe["step_s"]
-    steps = max(1, int((budget_tokens or budget_s) / per_step))
+    steps = budget_steps(probe, budget_s, budget_tokens)
     run = work / f"run-{task}-{label}-{method}-{seed}"
     shutil.rmtree(run, ignore_errors=True)  # from a row stopped midway (only finished rows are kept)
     _, rss = cli([*_train_args(task, model, method, seed), "--steps", str(steps),
@@ -286,6 +293,52 @@ def train_row(task: str, label: str, model: str, method: str, seed: int, budget_
             "curve": [[r["wall"], r["eval_accuracy"]] for r in evaluated]}
 
 
+def read_probes(work: Path) -> dict[tuple, dict]:
+    """WORK/probes.jsonl (--probe-alone's probes) by (task, model label, method); {} if none."""
+    path = work / "probes.jsonl"
+    if not path.exists():
+        return {}
+    return {(r["task"], r["model"], r["method"]): r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def stopped_runs(work: Path, done: list[dict], budget_s: float, budgets: dict[str, float]) -> list[dict]:
+    """The run folders in WORK whose row never finished (the bench stopped by a timeout, say): the
+    validation scorings they reached, for the report's table of stopped rows; with --probe-alone's
+    probes, also the steps their budget gave them."""
+    finished = {(r["task"], r["model"], r["method"], r["seed"]) for r in done}
+    probes, stopped = read_probes(work), []
+    for run in sorted(work.glob("run-*")):
+        name, seed = run.name.removeprefix("run-").rsplit("-", 1)
+        method = max((m for m in METHODS if name.endswith("-" + m)), key=len, default=None)
+        if method is None or not (run / "metrics.jsonl").exists():
+            continue
+        task, label = name.removesuffix("-" + method).split("-", 1)
+        if (task, label, method, int(seed)) in finished:
+            continue
+        rows, probe = _rows(run), probes.get((task, label, method))
+        evaluated = [r for r in rows if "eval_accuracy" in r]
+        stopped.append({"task": task, "model": label, "method": method, "seed": int(seed),
+                        "steps_run": sum("loss" in r for r in rows),
+                        "steps": budget_steps(probe, budget_s, budgets.get(task, 0.0)) if probe else None,
+                        "wall_s": max((r["wall"] for r in rows if "wall" in r), default=0.0),
+                        "scorings": [[r["step"], r["eval_accuracy"]] for r in evaluated],
+                        "curve": [[r["wall"], r["eval_accuracy"]] for r in evaluated]})
+    return stopped
+
+
+def stopped_table(stopped: list[dict]) -> str:
+    """Markdown: each stopped row's steps (run / its budget's), wall time and validation scorings."""
+    lines = ["Stopped before the end of their budget (not in the table above): validation accuracy at each "
+             "scoring reached (step: accuracy; step 0 is the zero-shot model on the row's engine).", "",
+             "| task | model | method | seed | steps run / budget's | train wall so far (min) | "
+             "validation scorings |", "|" + " --- |" * 7]
+    for r in stopped:
+        scorings = ", ".join(f"{step}: {100 * acc:.1f}" for step, acc in r["scorings"])
+        lines.append(f"| {r['task']} | {r['model']} | {r['method']} | {r['seed']} | {r['steps_run']} / "
+                     f"{r['steps'] or '?'} | {r['wall_s'] / 60:.1f} | {scorings} |")
+    return "\n".join(lines)
+
+
 def probes_alone(keys: list[tuple], models: dict[str, str], work: Path, threads: int) -> dict[tuple, dict]:
     """--probe-alone: `probe_step` for each (task, model label, method) of `keys`, one at a time
     before any row starts, so that no other process slows it (seeds share their method's probe;
@@ -293,10 +346,7 @@ def probes_alone(keys: list[tuple], models: dict[str, str], work: Path, threads:
     would get too few steps). Kept in WORK/probes.jsonl: a rerun reuses them. A probe that fails
     is left out, and with it its rows."""
     path = work / "probes.jsonl"
-    probes = {}
-    if path.exists():
-        probes = {(r["task"], r["model"], r["method"]): r
-                  for r in map(json.loads, path.read_text().splitlines())}
+    probes = read_probes(work)
     for task, label, method in dict.fromkeys(keys):
         if (task, label, method) in probes:
             continue
@@ -373,22 +423,22 @@ def summarize(rows: list[dict], classes: dict[str, tuple[list[str], list[int]]] 
     return summary, "\n".join(lines)
 
 
-def probe_note(rows: list[dict], by_tokens: bool) -> str:
-    """How the training rows' steps were set, and what their train wall is, from the rows' records."""
-    per_step = "forward tokens" if by_tokens else "seconds"
-    how = f"each row's steps fill the budget at the {per_step} a step of a {PROBE_STEPS}-step probe " \
-        f"({PROBE_WARMUP} warm-up)"
-    alone = {r["jobs"] for r in rows if r.get("probe_alone") and r.get("steps")}
-    if not alone:
+def probe_note(by_tokens: bool, alone_jobs: int | None) -> str:
+    """How the training rows' steps were set, and what their train wall is; `alone_jobs`: the rows
+    run at once after --probe-alone's probes (None without it)."""
+    how = f"each row's steps fill the budget at the {'forward tokens' if by_tokens else 'seconds'} a step " \
+        f"of a {PROBE_STEPS}-step probe ({PROBE_WARMUP} warm-up)"
+    if alone_jobs is None:
         return f"{how} run at its start."
     return (f"{how} run alone on the machine before any row started (--probe-alone; one probe per task, "
-            "model and method, the seeds sharing it: probe_step_s in the JSON); then the rows ran "
-            f"{' or '.join(map(str, sorted(alone)))} at once, so their train wall is the wall of a shared "
-            "machine, longer than the budget.")
+            "model and method, the seeds sharing it: WORK/probes.jsonl, probe_step_s in the JSON rows); then "
+            f"the rows ran {alone_jobs} at once, so their train wall is the wall of a shared machine, longer "
+            "than the budget.")
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Validation accuracy (held-out training rows, step 0 = zero-shot) against training wall time."""
+    """Validation accuracy (held-out training rows, step 0 = zero-shot) against training wall time;
+    rows stopped midway (`stopped_runs`) dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,7 +450,9 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in rows:
             if (r["task"], r["model"]) == (task, model) and r["curve"]:
                 xs, ys = zip(*r["curve"], strict=True)
-                ax.plot([x / 60 for x in xs], ys, marker=".", label=f"{r['method']} s{r['seed']}")
+                stopped = "steps_run" in r  # a stopped_runs record: dashed
+                ax.plot([x / 60 for x in xs], ys, marker=".", linestyle="--" if stopped else "-",
+                        label=f"{r['method']} s{r['seed']}{' (stopped)' if stopped else ''}")
         ax.set(title=f"{task}, {model}", xlabel="training wall time (min)", ylabel="validation accuracy")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -528,8 +580,9 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         done += [row for row in pool.map(run, todo) if row is not None]
     summary, table = summarize(done, classes)
+    stopped = stopped_runs(args.work, done, args.budget_min * 60, budgets)
     try:
-        plot(done, Path(args.out).with_suffix(".png"))
+        plot(done + stopped, Path(args.out).with_suffix(".png"))
     except ImportError as e:  # no matplotlib (a GPU image): plot() can be called later on rows.jsonl
         print(f"no plot: {e}", file=sys.stderr)
     extra = "; ".join(f"{engine} engine: `{' '.join(flags)}`" for engine, flags in EXTRA.items() if flags)
@@ -542,18 +595,19 @@ def main() -> None:
         ("accuracy: the test set scored with the adapter of the best validation score "
          f"({args.evals} scorings and step 0), final adapter: with the last; "
          "test sets: SST-2 dev (872), SuperGLUE val")
+    steps_note = probe_note(bool(args.budget_tokens), args.jobs if args.probe_alone else None)
+    footer = (f"Budget {budget} per row ({args.jobs} rows at once"
+              f"{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); {scoring}; "
+              f"{steps_note} Plot: {Path(args.out).with_suffix('.png').name}. Machines: {machines}; "
+              f"llama-cpp-python {info['llama_cpp_python']}, commit {info['git_commit']}."
+              + (f" Extra flags: {extra}." if extra else ""))
     write_outputs(args.out, {"machine": info, "budget_min": args.budget_min, "threads": args.threads,
                              "budget_tokens": budgets if args.budget_tokens else 0,
                              "tuning_only": TUNING_ONLY, "zero_shot_engine": ZERO_SHOT_ENGINE,
                              "jobs": args.jobs, "gpus": args.gpus, "probe_alone": args.probe_alone,
                              "extra_args": EXTRA, "models": models,
-                             "summary": summary, "rows": done},
-                  table + f"\n\nBudget {budget} per row ({args.jobs} rows "
-                  f"at once{f' over {args.gpus} GPUs' if args.gpus else ''}, {args.threads} threads each); "
-                  + scoring + "; " + probe_note(done, bool(args.budget_tokens)) + " Plot: "
-                  f"{Path(args.out).with_suffix('.png').name}. Machines: {machines}; llama-cpp-python "
-                  f"{info['llama_cpp_python']}, commit {info['git_commit']}."
-                  + (f" Extra flags: {extra}." if extra else ""))
+                             "summary": summary, "rows": done, "stopped": stopped},
+                  "\n\n".join([table, *([stopped_table(stopped)] if stopped else []), footer]))
 
 
 if __name__ == "__main__":
