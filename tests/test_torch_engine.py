@@ -269,3 +269,29 @@ def test_the_torch_loss_stays_on_the_log_probs_device():
                           n_options=2, label=1)
     logprobs = torch.zeros(2, dtype=torch.float64, device="meta")
     assert _torch_loss(ex, [[logprobs]], "label").device.type == "meta"
+
+
+def test_an_older_transformers_is_refused_in_one_line(model_path, monkeypatch):
+    import transformers
+
+    from prge_gguf.engine.torch_engine import TorchEngine
+    from prge_gguf.errors import PrgeError
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(PrgeError, match=r"needs transformers >= 5\.23 \(found 5\.17\.0"):
+        TorchEngine(model_path)
+
+
+@pytest.mark.default_model
+def test_gemma_3_is_tokenized_as_llama_cpp_does_it():
+    # transformers 5.17 cut "Review" into "Re" "view" and, up to 5.22, left out Gemma's <bos>.
+    from prge_gguf.engine.llama import LlamaEngine
+    from prge_gguf.engine.torch_engine import TorchEngine
+    from prge_gguf.models import default_model_path
+
+    task = builtin_task("sst2")
+    texts = [e.context for e in task.examples(task.dev_file)[:20]]
+    with LlamaEngine(default_model_path(), threads=2) as llama:
+        want = [llama.tokenize(t, add_special=True) for t in texts]
+    with TorchEngine(default_model_path(), threads=2) as reference:
+        assert [reference.tokenize(t, add_special=True) for t in texts] == want

@@ -80,7 +80,8 @@ CMAKE_ARGS = ("-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA=OFF -
               "-DLLAVA_BUILD=OFF")
 # Not the image's default /opt/gcc/bin/{gcc,g++} (see the module docstring).
 SYSTEM_COMPILERS = {"CC": "/usr/bin/gcc", "CXX": "/usr/bin/g++"}
-PURE_WHEELS = ("gguf==0.19.0", "diskcache==5.6.3")  # missing on the GPU machine's image
+# Missing on the GPU machine's image, or (transformers: 5.17 there) too old: torch_engine.MIN_TRANSFORMERS.
+PURE_WHEELS = ("gguf==0.19.0", "diskcache==5.6.3", "transformers==5.24.0")
 SITE = Path("/tmp/prge-gpu-site")
 PART = 15 * 2**20
 LIB_ARCHIVE = f"llama_cpp-{LLAMA_VERSION}-cuda-sm90.tar.xz"  # the built package, for later runs
