@@ -7,6 +7,7 @@ perturbations of a step run in ONE forward. Needs the `torch` extra.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -84,8 +85,8 @@ class _LoraHook:
 
 
 def _release(version: str) -> tuple[int, ...]:
-    """(major, minor) of a version string such as '5.24.0' or '5.23.0.dev0'."""
-    return tuple(int(part) for part in version.split(".")[:2])
+    """(major, minor) of a version string such as '5.24.0', '5.23.0.dev0' or '5.25rc1'."""
+    return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
 
 
 class TorchEngine:
