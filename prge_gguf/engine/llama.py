@@ -29,7 +29,7 @@ import numpy as np
 
 from prge_gguf.engine.base import AdapterSet
 from prge_gguf.engine.llama_adapters import ResidentAdapter, layout, load_adapter, locate_tensors
-from prge_gguf.engine.llama_context import LlamaContext, context_params
+from prge_gguf.engine.llama_context import ROUTING, LlamaContext, context_params
 from prge_gguf.errors import PrgeError
 from prge_gguf.gguf_header import read_header
 from prge_gguf.lora import LoraAdapter
@@ -77,22 +77,38 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class _Slot:
-    """A context that scores perturbations under its one resident adapter."""
+    """A context that scores perturbations under its resident adapters: one, written with each
+    perturbation in turn, or (with adapter routing) one a perturbation, all scored at once."""
 
     context: LlamaContext
-    resident: ResidentAdapter | None = None
+    residents: list[ResidentAdapter] = field(default_factory=list)
     timings: Counter[str] = field(default_factory=Counter)
 
     def score_each(self, requests: Sequence[ScoreRequest],
                    adapters: Sequence[LoraAdapter]) -> list[list[list[np.ndarray]]]:
-        """Each adapter's scores, written in turn into the resident adapter."""
-        out = []
-        for adapter in adapters:
-            t0 = time.perf_counter()
-            self.resident.write(adapter)
-            self.timings["adapter"] += time.perf_counter() - t0
-            out.append(self.context.score(requests))
-        return out
+        """Each adapter's scores."""
+        if len(self.residents) == 1:
+            out = []
+            for adapter in adapters:
+                self._write([adapter])
+                out.append(self.context.score(requests))
+            return out
+        self._write(adapters)
+        return self.context.score_routed(requests, len(adapters))
+
+    def _write(self, adapters: Sequence[LoraAdapter]) -> None:
+        t0 = time.perf_counter()
+        for resident, adapter in zip(self.residents, adapters, strict=False):
+            resident.write(adapter)
+        self.timings["adapter"] += time.perf_counter() - t0
+
+    def free_residents(self) -> None:
+        """Drop the resident adapters from the context and free them."""
+        residents, self.residents = self.residents, []
+        if residents:
+            self.context.set_adapters([], [])
+        for resident in residents:
+            resident.free()
 
 
 class LlamaEngine:
@@ -111,6 +127,7 @@ class LlamaEngine:
         n_gpu_layers: int = 0,
         adapter_cache: int = 2,
         parallel: int | None = None,
+        routing: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)  # clear error for missing / non-GGUF files
@@ -124,6 +141,10 @@ class LlamaEngine:
         self._slots: list[_Slot] = []
         self._workers: ThreadPoolExecutor | None = None
         self.set_parallel(self.parallel if parallel is None else parallel)
+        # With a llama.cpp that routes adapters to sequences (ROUTING), a context scores its share
+        # of a step's perturbations in shared decodes rather than one after another.
+        self.routing = False
+        self.set_routing(ROUTING if routing is None else routing)
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
         # numpy releases the GIL, so log-sum-exps spread over threads: one thread's pass over
@@ -162,6 +183,16 @@ class LlamaEngine:
             self._free_slots()
             self.parallel = parallel
 
+    def set_routing(self, routing: bool) -> None:
+        """Route a context's perturbations to their own sequences in shared decodes (True), or
+        score them one after another (False), from now on."""
+        if routing and not ROUTING:
+            raise PrgeError("adapter routing needs a llama.cpp built with "
+                            "patches/llama-cpp-adapter-routing.patch")
+        if routing != self.routing:
+            self._free_slots()
+            self.routing = routing
+
     def set_context(self, n_ctx: int) -> None:
         """Decode at most `n_ctx` tokens at a time from now on (new contexts, made when needed)."""
         if n_ctx != self.n_ctx:
@@ -179,9 +210,11 @@ class LlamaEngine:
         return self._main
 
     def _slots_for(self, n: int, adapter: LoraAdapter) -> list[_Slot]:
-        """min(parallel, n) contexts, each holding a resident adapter of `adapter`'s layout.
-        The threads are shared out among the contexts a step uses."""
+        """min(parallel, n) contexts, each holding resident adapters of `adapter`'s layout: one,
+        or with adapter routing as many as the context's share of the n. The threads are shared
+        out among the contexts a step uses."""
         want = min(self.parallel, n)
+        per = -(-n // want) if self.routing else 1
         if len(self._slots) < want:
             self._free_slots()
             threads = max(1, self._threads // want)
@@ -195,23 +228,24 @@ class LlamaEngine:
                 raise PrgeError(f"context {made + 1} of --parallel {want}: {exc}") from None
             self._workers = ThreadPoolExecutor(want, thread_name_prefix="prge-slot")
         slots = self._slots[:want]
-        stale = [s for s in slots if s.resident is None or s.resident.layout != layout(adapter)]
+        stale = [s for s in slots if len(s.residents) != per or s.residents[0].layout != layout(adapter)]
         fresh: list[ResidentAdapter] = []
         try:
             for slot in stale:
-                if slot.resident is not None:
-                    slot.context.set_adapters([], [])
-                    slot.resident.free()
-                    slot.resident = None
-                fresh.append(ResidentAdapter.load(self._model, adapter, Path(self._tmp.name)))
+                slot.free_residents()
+                scratch = Path(self._tmp.name)
+                fresh += [ResidentAdapter.load(self._model, adapter, scratch) for _ in range(per)]
             locate_tensors(self._model, fresh)
         except PrgeError:
             for resident in fresh:
                 resident.free()
             raise
-        for slot, resident in zip(stale, fresh, strict=True):
-            slot.resident = resident
-            slot.context.set_adapters([resident.handle], [1.0])
+        for i, slot in enumerate(stale):
+            slot.residents = fresh[i * per:(i + 1) * per]
+            if per == 1:
+                slot.context.set_adapters([slot.residents[0].handle], [1.0])
+            else:
+                slot.context.route([r.handle for r in slot.residents])
         return slots
 
     def _free_slots(self) -> None:
@@ -222,8 +256,8 @@ class LlamaEngine:
         slots, self._slots = self._slots, []
         for slot in slots:
             slot.context.free()
-            if slot.resident is not None:
-                slot.resident.free()
+            for resident in slot.residents:
+                resident.free()
 
     def _free_contexts(self) -> None:
         self._free_slots()

@@ -26,6 +26,14 @@ _DECODE_ERRORS = {
     -1: "invalid input batch",
 }
 _FLASH_ATTN_DISABLED = 0
+# llama.h of a llama.cpp built with patches/llama-cpp-adapter-routing.patch: adapters applied to
+# chosen sequences only, so one decode scores several adapters (None: a build without it).
+_set_routes = getattr(ll._lib, "llama_set_adapters_lora_seqs", None)
+if _set_routes is not None:
+    _set_routes.argtypes = [ll.llama_context_p_ctypes, ctypes.POINTER(ll.llama_adapter_lora_p_ctypes),
+                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t]
+    _set_routes.restype = ctypes.c_int32
+ROUTING = _set_routes is not None
 # Rows of logits a log-sum-exp temporary holds: 32 x 49k float32 is 6 MB, where all of a COPA
 # decode's ~800 scored rows at once took 150 MB twice over.
 _LSE_ROWS = 32
@@ -101,6 +109,7 @@ class LlamaContext:
         self._batch = _Batch(self.n_ctx)
         self._lse_pool, self._lse_jobs = lse_pool, lse_jobs
         self.timings = timings
+        self._routes = (ll.llama_adapter_lora_p_ctypes * 0)()
 
     def set_adapters(self, handles: Sequence[ll.llama_adapter_lora_p], scales: Sequence[float]) -> None:
         """Apply these loaded adapters at these scales from the next decode on (none: the base model).
@@ -111,24 +120,37 @@ class LlamaContext:
         if rc != 0:
             raise PrgeError(f"llama_set_adapters_lora failed (code {rc})")
 
+    def route(self, handles: Sequence[ll.llama_adapter_lora_p]) -> None:
+        """Set these adapters (scale 1) for `score_routed`, which gives each its own sequences
+        (needs a build with adapter routing: ROUTING)."""
+        self.set_adapters(handles, [1.0] * len(handles))
+        self._routes = (ll.llama_adapter_lora_p_ctypes * len(handles))(*handles)
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[np.ndarray]]:
         """Log-probs of each request's candidates at its positions, as few decodes as fit."""
+        return self._score(requests, None)
+
+    def score_routed(self, requests: Sequence[ScoreRequest], n: int) -> list[list[list[np.ndarray]]]:
+        """`score(requests)` under each of the first `n` adapters `route` set, packed into shared
+        decodes; the same scores in exact arithmetic (an adapter adds zeros to the other sequences)."""
+        flat = self._score(list(requests) * n, np.repeat(np.arange(n, dtype=np.int32), len(requests)))
+        return [flat[k * len(requests):(k + 1) * len(requests)] for k in range(n)]
+
+    def _score(self, requests: Sequence[ScoreRequest], routes: np.ndarray | None) -> list[list[np.ndarray]]:
         results: list[list[np.ndarray]] = []
-        group: list[ScoreRequest] = []
-        n_tokens = 0
-        for req in requests:
+        start = n_tokens = 0
+        for i, req in enumerate(requests):
             if req.n_tokens > self.n_ctx:
                 raise PrgeError(
                     f"a sequence of {req.n_tokens} tokens does not fit the context of {self.n_ctx} "
                     f"tokens (raise --n-ctx or shorten the example)"
                 )
-            if group and (n_tokens + req.n_tokens > self.n_ctx or len(group) == self.n_seq_max):
-                results.extend(self._decode(group))
-                group, n_tokens = [], 0
-            group.append(req)
+            if i > start and (n_tokens + req.n_tokens > self.n_ctx or i - start == self.n_seq_max):
+                results.extend(self._decode(requests[start:i], None if routes is None else routes[start:i]))
+                start, n_tokens = i, 0
             n_tokens += req.n_tokens
-        if group:
-            results.extend(self._decode(group))
+        if start < len(requests):
+            results.extend(self._decode(requests[start:], None if routes is None else routes[start:]))
         return results
 
     def run(self, token: np.ndarray, pos: np.ndarray, seq: np.ndarray, wants: np.ndarray,
@@ -151,7 +173,13 @@ class LlamaContext:
         """The logits of the last token decoded with logits wanted."""
         return np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
 
-    def _decode(self, group: list[ScoreRequest]) -> list[list[np.ndarray]]:
+    def _decode(self, group: Sequence[ScoreRequest], routes: np.ndarray | None) -> list[list[np.ndarray]]:
+        if routes is not None:  # sequence i (the group's i-th) goes to adapter routes[i]
+            seq_adapter = np.ascontiguousarray(routes, np.int32)
+            rc = _set_routes(self.ctx, self._routes, len(self._routes),
+                             seq_adapter.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), len(seq_adapter))
+            if rc != 0:
+                raise PrgeError(f"llama_set_adapters_lora_seqs failed (code {rc})")
         lengths = [req.n_tokens for req in group]
         starts = np.cumsum([0, *lengths[:-1]])
         wants = np.zeros(sum(lengths), bool)

@@ -124,15 +124,16 @@ def prepare_carry(dest: Path, sdist: Path | None) -> None:
 
 
 # -- the GPU machine: install or build llama-cpp-python ---------------------------------------
-def setup(carry: Path, out_dir: Path, jobs: int, build: bool = False) -> dict:
+def setup(carry: Path, out_dir: Path, jobs: int, build: bool = False, patch: Path | None = None) -> dict:
     """Install the carried wheels into SITE, and llama-cpp-python: from a package archive a
-    former run left (LIB_ARCHIVE parts in CARRY/whl) unless `build`, else built from the
-    trimmed sdist."""
-    info: dict = {"cmake_args": CMAKE_ARGS}
+    former run left (CARRY/whl parts of the archive named for `patch`) unless `build`, else built
+    from the trimmed sdist with `patch` applied."""
+    info: dict = {"cmake_args": CMAKE_ARGS, "patch": patch.name if patch else None}
     wheels = [str(p) for p in sorted((carry / "whl").glob("*.whl"))]
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                     "--target", str(SITE), *wheels], check=True)
-    parts = sorted((carry / "whl").glob(f"{LIB_ARCHIVE}.part*"))
+    archive = lib_archive(patch)
+    parts = sorted((carry / "whl").glob(f"{archive}.part*"))
     if parts and not build:
         with tempfile.TemporaryFile() as fh:
             for p in parts:
@@ -140,13 +141,13 @@ def setup(carry: Path, out_dir: Path, jobs: int, build: bool = False) -> dict:
             fh.seek(0)
             with tarfile.open(fileobj=fh, mode="r:xz") as tar:
                 tar.extractall(SITE, filter="tar")
-        info["llama_from"] = f"{LIB_ARCHIVE} carried in {len(parts)} parts (built by an earlier run)"
+        info["llama_from"] = f"{archive} carried in {len(parts)} parts (built by an earlier run)"
     else:
-        wheel, info["build_s"] = _build(carry / TRIMMED, jobs, out_dir)
+        wheel, info["build_s"] = _build(carry / TRIMMED, jobs, out_dir, patch)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                         "--no-compile", "--target", str(SITE), str(wheel)], check=True)
         info["llama_from"] = f"{wheel.name} built here"
-        _save_package(out_dir)
+        _save_package(out_dir, archive)
     libs = sorted((SITE / "llama_cpp" / "lib").glob("*.so*"))
     info["libs_mib"] = {p.name: round(p.stat().st_size / 2**20, 1) for p in libs if not p.is_symlink()}
     log(f"installed: {info['libs_mib']}")
@@ -154,7 +155,12 @@ def setup(carry: Path, out_dir: Path, jobs: int, build: bool = False) -> dict:
     return info
 
 
-def _save_package(out_dir: Path) -> None:
+def lib_archive(patch: Path | None) -> str:
+    """The name of the saved package: LIB_ARCHIVE, the patch's stem added for a patched build."""
+    return LIB_ARCHIVE if patch is None else LIB_ARCHIVE.replace(".tar.xz", f"-{patch.stem}.tar.xz")
+
+
+def _save_package(out_dir: Path, name: str) -> None:
     """The installed llama_cpp package, its library copies turned back into symlinks, as
     tar.xz pieces of 15 MiB in `out_dir` (if at most 45 MiB: what the device tool returns)."""
     lib = SITE / "llama_cpp" / "lib"
@@ -164,14 +170,14 @@ def _save_package(out_dir: Path) -> None:
             if alias.exists() and not alias.is_symlink():
                 alias.unlink()
                 alias.symlink_to(so.name)
-    archive = Path(tempfile.gettempdir()) / LIB_ARCHIVE
+    archive = Path(tempfile.gettempdir()) / name
     subprocess.run(["tar", "-C", str(SITE), "-cf", str(archive), "-I", "xz -T0", "llama_cpp"], check=True)
     size = archive.stat().st_size
-    log(f"{LIB_ARCHIVE}: {size / 2**20:.1f} MiB")
+    log(f"{name}: {size / 2**20:.1f} MiB")
     if size <= 45 * 2**20:
         data = archive.read_bytes()
         for k in range(0, len(data), PART):
-            (out_dir / f"{LIB_ARCHIVE}.part{k // PART:02d}").write_bytes(data[k : k + PART])
+            (out_dir / f"{name}.part{k // PART:02d}").write_bytes(data[k : k + PART])
 
 
 def activate_site() -> None:
@@ -182,8 +188,15 @@ def activate_site() -> None:
     _preload_cuda_libs(SITE / "llama_cpp" / "lib")
 
 
-def _build(sdist: Path, jobs: int, out_dir: Path) -> tuple[Path, float]:
+def _build(sdist: Path, jobs: int, out_dir: Path, patch: Path | None) -> tuple[Path, float]:
     wheel_dir = Path(tempfile.mkdtemp(prefix="prge-wheel-"))
+    if patch is not None:
+        src = Path(tempfile.mkdtemp(prefix="prge-src-"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(src, filter="data")
+        sdist = src / SDIST
+        apply = ["patch", "-p1", "-i"] if shutil.which("patch") else ["git", "apply", "-p1"]
+        subprocess.run([*apply, str(patch.resolve())], cwd=sdist, check=True)
     compilers = {k: v for k, v in SYSTEM_COMPILERS.items() if Path(v).exists()}
     cmake_args = CMAKE_ARGS
     if "CXX" in compilers:
@@ -266,13 +279,14 @@ def _gpu_mem_used_mib() -> float | None:
 
 
 def llama_step_rows(model: Path, preset: str, backend: str,
-                    variants: list[tuple[int, int, int, int | None]], warmup: int, min_steps: int,
+                    variants: list[tuple[int, int, int, int | None, bool]], warmup: int, min_steps: int,
                     max_s: float, profile: set[tuple[int, int, int]]) -> list[dict]:
     """Median wall time of the P-RGE step (train's work: the 2q perturbed losses on a batch of
     SST-2 examples through the engine, then the update) for each variant (q, batch size, K
-    contexts, threads in all: None for the engine's default); K = 0 is `OneAtATime`. The
-    context is fitted to the batch as `train` fits it. Variants in `profile` (q, batch, K) also
-    print a profile of their host time."""
+    contexts, threads in all: None for the engine's default, adapter routing); K = 0 is
+    `OneAtATime`. The context is fitted to the batch as `train` fits it. A routed variant also
+    records how far its log-probs are from the unrouted ones. Variants in `profile` (q, batch, K)
+    also print a profile of their host time."""
     from prge_gguf.data import decode_size
     from prge_gguf.engine.llama import LlamaEngine
     from prge_gguf.settings import CPU_MAX_N_CTX, GPU_MAX_N_CTX
@@ -285,22 +299,56 @@ def llama_step_rows(model: Path, preset: str, backend: str,
             load_s = time.perf_counter() - t_load
             task = builtin_task("sst2")
             train = [tokenize(engine, ex) for ex in task.examples(task.train_file)]
-            for q, batch_size, k, _ in (v for v in variants if v[3] == threads):
+            for q, batch_size, k, _, routed in (v for v in variants if v[3] == threads):
                 engine.set_parallel(max(1, k))
+                engine.set_routing(routed)
                 engine.set_context(decode_size(train, [], batch_size, GPU_MAX_N_CTX if backend == "cuda"
                                                else CPU_MAX_N_CTX))
                 rows.append(_step_row(engine, OneAtATime(engine) if k == 0 else engine, train, q, batch_size,
                                       warmup, min_steps, max_s, (q, batch_size, k) in profile) | {
                     "model": preset, "type": _file_type(model), "backend": backend,
-                    "n_gpu_layers": -1 if backend == "cuda" else 0, "parallel": k,
+                    "n_gpu_layers": -1 if backend == "cuda" else 0, "parallel": k, "routing": routed,
                     "threads": engine.threads, "load_s": load_s,
                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
                 r = rows[-1]
-                log(f"llama {preset} {backend:4} q={q} batch={batch_size} K={k or 'seq'} "
+                if routed:
+                    r["routed_logprob_diff"] = _routing_diff(engine, train, q, batch_size)
+                log(f"llama {preset} {backend:4} q={q} batch={batch_size} K={_k_label(r)} "
                     f"({engine.threads} threads): {r['step_s_median']:.4f} s/step (median of "
                     f"{r['steps_timed']}; scoring {r['scoring_s_median']:.4f}), {r['perturbations_s']:.1f} "
                     f"perturbations/s, parts {r['engine_parts_s']}, loss@1 {r['loss_step1']:.4f}")
     return rows
+
+
+def _routing_diff(engine, train: list, q: int, batch_size: int) -> float:
+    """The largest |log-prob| difference between the 2q perturbations of a step on the first
+    batch scored with adapter routing and without (engine left routing)."""
+    import numpy as np
+
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.prge import direction
+    from prge_gguf.targets import TARGETS
+    from prge_gguf.train import TrainConfig
+
+    cfg = TrainConfig(q=q, batch_size=batch_size)
+    base = init_lora_fa(engine.header, list(TARGETS), cfg.rank, cfg.alpha, seed=cfg.seed)
+    base = base.with_b({n: np.random.default_rng(1).normal(0, 0.02, b.shape).astype(np.float32)
+                        for n, b in base.b.items()})  # B = 0 would hide a misrouted adapter
+    shapes = {n: b.shape for n, b in base.b.items()}
+    adapters = [base.with_b({n: base.b[n] + np.float32(sign * cfg.eps) * direction(shapes, 0, 0, i)[n]
+                             for n in base.names}) for i in range(q) for sign in (1, -1)]
+    requests = [r for ex in train[:batch_size] for r in ex.requests]
+    routed = engine.score_each(requests, adapters)
+    engine.set_routing(False)
+    plain = engine.score_each(requests, adapters)
+    engine.set_routing(True)
+    return max(float(np.abs(a - b).max()) for sr, sp in zip(routed, plain, strict=True)
+               for rr, rp in zip(sr, sp, strict=True) for a, b in zip(rr, rp, strict=True))
+
+
+def _k_label(row: dict) -> str:
+    """A row's K column: the contexts, r for adapter routing, "former" for the former path."""
+    return ("r" if row.get("routing") else "") + str(row["parallel"]) if row["parallel"] else "former"
 
 
 def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int, min_steps: int,
@@ -362,16 +410,22 @@ def _step_row(engine, scorer, train: list, q: int, batch_size: int, warmup: int,
 
 
 def step_variants(backend: str, qs: list[int], batches: list[int], parallels: list[str],
-                  cpu_splits: list[tuple[int, int]]) -> list[tuple[int, int, int, int | None]]:
-    """(q, batch size, K, threads in all) to measure: on CUDA each K of `parallels` ("0": the
-    former path; "2q": one context a perturbation) up to 2q contexts, at the engine's default
-    threads; on the CPU each split K x T of its cores up to 2q contexts, and the former path on
-    the threads of the first split."""
+                  cpu_splits: list[tuple[int, int, bool]]) -> list[tuple[int, int, int, int | None, bool]]:
+    """(q, batch size, K, threads in all, adapter routing) to measure: on CUDA each K of
+    `parallels` ("0": the former path; "2q": one context a perturbation; an "r" before K: with
+    adapter routing) up to 2q contexts, at the engine's default threads; on the CPU each split
+    K x T of its cores (rKxT: with routing) up to 2q contexts, and the former path on the threads
+    of the first split."""
     if backend == "cuda":
-        ks = {q: list(dict.fromkeys(2 * q if k == "2q" else int(k) for k in parallels)) for q in qs}
-        return [(q, b, k, None) for b in batches for q in qs for k in ks[q] if k <= 2 * q]
-    splits = [(0, cpu_splits[0][0] * cpu_splits[0][1]), *((k, k * t) for k, t in cpu_splits)]
-    return [(q, b, k, threads) for b in batches for q in qs for k, threads in splits if k <= 2 * q]
+        def parse(k: str, q: int) -> tuple[int, bool]:
+            routed = k.startswith("r")
+            k = k.removeprefix("r")
+            return (2 * q if k == "2q" else int(k)), routed
+
+        ks = {q: list(dict.fromkeys(parse(k, q) for k in parallels)) for q in qs}
+        return [(q, b, k, None, routed) for b in batches for q in qs for k, routed in ks[q] if k <= 2 * q]
+    splits = [(0, cpu_splits[0][0] * cpu_splits[0][1], False), *((k, k * t, r) for k, t, r in cpu_splits)]
+    return [(q, b, k, threads, r) for b in batches for q in qs for k, threads, r in splits if k <= 2 * q]
 
 
 def _file_type(model: Path) -> str:
@@ -492,7 +546,7 @@ def tables(result: dict) -> str:
             base = former.get((r["model"], r["batch_size"], r["q"]))
             parts = " / ".join(f"{r['engine_parts_s'][k]:.4f}" for k in ("decode", "adapter", "logits"))
             lines.append(f"| {r['model']} | {r['type']} | {r['batch_size']} | {r['q']} | "
-                         f"{r['parallel'] or 'former'} | {r['step_s_median']:.4f} | "
+                         f"{_k_label(r)} | {r['step_s_median']:.4f} | "
                          f"{r['perturbations_s']:.1f} | {_ratio(base, r)} | {r['scoring_s_median']:.4f} | "
                          f"{parts} | {r['gpu_mem_used_mib'] or '-'} |")
         lines += ["", *_targets(cuda), ""]
@@ -505,7 +559,7 @@ def tables(result: dict) -> str:
         former = {(r["model"], r["batch_size"], r["q"]): r for r in cpu if r["parallel"] == 0}
         for r in cpu:
             k = r["parallel"]
-            split = f"{k} x {r['threads'] // k}" if k else f"former x {r['threads']}"
+            split = f"{_k_label(r)} x {r['threads'] // k}" if k else f"former x {r['threads']}"
             lines.append(f"| {r['model']} | {r['type']} | {r['batch_size']} | {r['q']} | {split} | "
                          f"{r['step_s_median']:.4f} | {r['perturbations_s']:.1f} | "
                          f"{_ratio(former.get((r['model'], r['batch_size'], r['q'])), r)} |")
@@ -545,13 +599,13 @@ def _targets(rows: list[dict]) -> list[str]:
     for (model, batch, q, is_former), r in sorted(best.items()):
         q1 = best.get((model, batch, 1, is_former))
         if q > 1 and q1:
-            how = "former" if is_former else f"K = {r['parallel']}"
+            how = "former" if is_former else f"K = {_k_label(r)}"
             lines.append(f"- {model} batch {batch}, {how}: "
                          f"q = {q} step / q = 1 step = {r['step_s_median'] / q1['step_s_median']:.2f}")
         former = best.get((model, batch, q, True))
         if not is_former and former:
             lines.append(f"- {model} batch {batch} q = {q}: {r['perturbations_s']:.1f} perturbations/s at "
-                         f"K = {r['parallel']}, {_ratio(former, r)} the former path's "
+                         f"K = {_k_label(r)}, {_ratio(former, r)} the former path's "
                          f"{former['perturbations_s']:.1f}")
     return lines
 
@@ -575,7 +629,8 @@ def main() -> None:
     ap.add_argument("--cpu-batch-sizes", default="16")
     ap.add_argument("--parallel", default="0,1,2q",
                     help="CUDA rows' contexts K (0: the former path, one adapter file loaded at a time; "
-                         "2q: one context a perturbation)")
+                         "2q: one context a perturbation; rK: K contexts with adapter routing, which "
+                         "needs --patch)")
     ap.add_argument("--profile", default="", metavar="Q,BATCH,K;...",
                     help="CUDA rows of the first preset to profile (cProfile, printed) after timing")
     ap.add_argument("--cpu-splits", default=f"1x{os.cpu_count()},2x{max(1, (os.cpu_count() or 2) // 2)},"
@@ -590,6 +645,8 @@ def main() -> None:
     ap.add_argument("--torch-q", default="1,4,8,16")
     ap.add_argument("--torch-presets", default="smollm2-135m,smollm2-360m")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--patch", type=Path, help="build llama-cpp-python with this patch applied "
+                                                "(e.g. patches/llama-cpp-adapter-routing.patch)")
     ap.add_argument("--build", action="store_true", help="build llama-cpp-python even if CARRY/whl "
                                                         "holds a package archive")
     ap.add_argument("--keep-torch", type=Path, metavar="JSON",
@@ -614,7 +671,7 @@ def main() -> None:
     backends = [b for b in args.llama_backends.split(",") if b]
     if args.carry:
         try:
-            result["setup"] = setup(args.carry, args.out_dir, os.cpu_count() or 1, args.build)
+            result["setup"] = setup(args.carry, args.out_dir, os.cpu_count() or 1, args.build, args.patch)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             log(f"setup failed: {exc}")
             result["skipped"].append(f"llama.cpp rows ({exc})")
@@ -717,7 +774,8 @@ def run_item(args: argparse.Namespace) -> None:
         if backend == "cuda":
             variants = step_variants(backend, qs, _ints(args.batch_sizes), args.parallel.split(","), [])
         else:
-            splits = [tuple(int(n) for n in split.split("x")) for split in args.cpu_splits.split(",")]
+            splits = [(*(int(n) for n in split.removeprefix("r").split("x")), split.startswith("r"))
+                      for split in args.cpu_splits.split(",")]
             variants = step_variants(backend, qs, _ints(args.cpu_batch_sizes), [], splits)
         profile = {tuple(_ints(v)) for v in args.profile.split(";") if v} if backend == "cuda" \
             and preset == args.presets.split(",")[0].split(":")[0] else set()
