@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import machine
+
+from prge_gguf.settings import default_parallel
 
 
 def _cli(*args: str, stdout=None) -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     final = next(r for r in rows if "final_eval_accuracy" in r)
     steps = [r for r in rows if "loss" in r]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": machine() | {"engine": config.get("machine", {})},
         "model": config.get("source", {}).get("model", config.get("model")),
         "settings": config["train"],
         "zero_shot": {"accuracy": zero["accuracy"], "loss": zero["loss"], "n": zero["n"]},
@@ -60,7 +62,10 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    s = result["settings"]
+    s, m = result["settings"], result["machine"]
+    # config.json records --parallel as given (None: the default for the run's threads).
+    engine = m["engine"]
+    contexts = engine.get("parallel") or default_parallel(engine.get("n_gpu_layers") or 0, engine["threads"])
     table = "\n".join([
         "| model | SST-2 dev (872) zero-shot | after `prge-gguf train` | gain | training wall time "
         "| whole command (load, train, final eval) |",
@@ -73,7 +78,9 @@ def main() -> None:
         f"Settings: {s['steps']} steps, q {s['q']}, batch {s['batch_size']}, lr {s['lr']} "
         f"({s['lr_schedule']}), eps {s['eps']}, loss {s['loss']}, LoRA-FA r {s['rank']} "
         f"alpha {s['alpha']} on {', '.join(s['targets'])}; seed {s['seed']}. "
-        f"Machine: {result['machine']['cores']} cores ({result['machine']['cpu']}), llama.cpp CPU.",
+        f"Machine: {m['cpu']}, {m['cores']} cores; llama.cpp CPU, {contexts} contexts sharing "
+        f"{engine['threads']} threads; llama-cpp-python "
+        f"{m['llama_cpp_python']}; commit {m['git_commit']}. One run.",
     ])
     Path(args.out + ".md").write_text(table + "\n")
     print(table)
