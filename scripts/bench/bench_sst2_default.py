@@ -34,6 +34,7 @@ def main() -> None:
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     zeroshot_file = run_dir.with_name(run_dir.name + "-zeroshot.json")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)  # runs/ of a fresh clone
     if not zeroshot_file.exists():
         with zeroshot_file.open("w") as fh:
             _cli("eval", "--task", "sst2", "--json", stdout=fh)
