@@ -20,8 +20,6 @@ from pathlib import Path
 
 from bench_common import machine
 
-from prge_gguf.settings import default_parallel
-
 
 def _cli(*args: str, stdout=None) -> None:
     subprocess.run([sys.executable, "-m", "prge_gguf", *args], check=True, stdout=stdout)
@@ -64,9 +62,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
     s, m = result["settings"], result["machine"]
-    # config.json records --parallel as given (None: the default for the run's threads).
-    engine = m["engine"]
-    contexts = engine.get("parallel") or default_parallel(engine.get("n_gpu_layers") or 0, engine["threads"])
+    # config.json records --threads and --parallel as given (None: train's defaults for the machine).
+    flags = ", ".join(f"--{k} {m['engine'].get(k) or 'default'}" for k in ("threads", "parallel"))
     table = "\n".join([
         "| model | SST-2 dev (872) zero-shot | after `prge-gguf train` | gain | training wall time "
         "| whole command (load, train, final eval) |",
@@ -79,8 +76,7 @@ def main() -> None:
         f"Settings: {s['steps']} steps, q {s['q']}, batch {s['batch_size']}, lr {s['lr']} "
         f"({s['lr_schedule']}), eps {s['eps']}, loss {s['loss']}, LoRA-FA r {s['rank']} "
         f"alpha {s['alpha']} on {', '.join(s['targets'])}; seed {s['seed']}. "
-        f"Machine: {m['cpu']}, {m['cores']} cores; llama.cpp CPU, {contexts} contexts sharing "
-        f"{engine['threads']} threads; llama-cpp-python "
+        f"Machine: {m['cpu']}, {m['cores']} cores; llama.cpp CPU ({flags}), llama-cpp-python "
         f"{m['llama_cpp_python']}; commit {m['git_commit']}. One run.",
     ])
     Path(args.out + ".md").write_text(table + "\n")
