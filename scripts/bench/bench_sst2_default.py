@@ -36,18 +36,22 @@ def main() -> None:
     if not zeroshot_file.exists():
         with zeroshot_file.open("w") as fh:
             _cli("eval", "--task", "sst2", "--json", stdout=fh)
-    command_s = run_dir / "command_s.txt"
+    command_s, machine_file = run_dir / "command_s.txt", run_dir / "machine.json"
     if not (run_dir / "metrics.jsonl").exists():
+        # The machine and commit of the run itself, taken before this script writes its tracked
+        # outputs (which mark the checkout dirty) and kept beside it (train takes an empty --out).
+        ran_on = machine()
         t0 = time.perf_counter()
         _cli("train", "--task", "sst2", "--out", str(run_dir))
         command_s.write_text(f"{time.perf_counter() - t0:.1f}\n")
+        machine_file.write_text(json.dumps(ran_on, indent=2) + "\n")
     zero = json.loads(zeroshot_file.read_text())
     config = json.loads((run_dir / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = next(r for r in rows if "final_eval_accuracy" in r)
     steps = [r for r in rows if "loss" in r]
     result = {
-        "machine": machine() | {"engine": config.get("machine", {})},
+        "machine": json.loads(machine_file.read_text()) | {"engine": config.get("machine", {})},
         "model": config.get("source", {}).get("model", config.get("model")),
         "settings": config["train"],
         "zero_shot": {"accuracy": zero["accuracy"], "loss": zero["loss"], "n": zero["n"]},
