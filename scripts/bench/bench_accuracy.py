@@ -2,8 +2,10 @@
 forward rows a step and at q = 1 with batch 64 (llama engine), and first-order LoRA (torch
 engine) on all seven projections and on P-RGE's attn_q + attn_v, per task and model, over seeds.
 
-Each training row: a short probe run measures the method's seconds per step, the real run gets
-the steps that fill `--budget-min` (so its learning-rate schedule ends with the budget) and
+Each training row: a short probe run measures the method's seconds per forward token, the real
+run gets the steps that fill `--budget-min` at that rate (so its learning-rate schedule ends with
+the budget), a step taking the forward tokens of an average batch of the training data (its
+examples tokenized as train does: mean tokens x batch size x forward passes a step), and
 scores a validation split of the training data `--evals` times (and at step 0); then the test
 set is scored with the adapter that scored best there (MeZO's protocol: a run that never beat
 step 0 reports the zero-shot model) and with the final adapter, both on the llama engine (what
@@ -54,6 +56,7 @@ extra flags go to every command that runs on it:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -71,12 +74,18 @@ from bench_common import GpuSlots, machine, write_outputs
 
 from prge_gguf.estimators import ESTIMATORS
 from prge_gguf.targets import TARGETS
+from prge_gguf.train import batch_indices
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the checkout
 TASK_FILES = {"rte": "RTE", "cb": "CB", "copa": "COPA", "wic": "WiC"}
 # The probe's first steps run slow (the mmapped model's pages, allocators growing): with 4 steps and
 # all of them timed, Gemma's P-RGE row on the 2-core CPU was probed at 1.72 s a step and ran at
-# 1.29, first-order at 5.8 against 5.2, so rows trained 12-25% short of their budget.
+# 1.29, first-order at 5.8 against 5.2, so rows trained 12-25% short of their budget. The timed
+# steps give seconds per forward token, not per step (`expected_step`): 8 batches drawn at random are
+# no sample of the training set's lengths. Gemma's SST-2 P-RGE probe's median step took 0.74 s and
+# 502 forward tokens where the run's steps averaged 528 tokens and took a median 0.84 s until step
+# ~825, 1.06 s after (which no probe at the start sees), so the row trained 19.6 minutes of a
+# 15-minute budget (bench/accuracy-cpu-15min-2ctx.md); per token, its probe gives 0.79 s a step.
 PROBE_STEPS, PROBE_WARMUP = 12, 4
 TUNE_ROWS = 500  # validation rows where the training file has them to spare
 MIN_WORDS = 10  # SST-2 validation rows: sentences of at least this many words
@@ -110,6 +119,11 @@ DEFAULT_METHODS = ["zo-q1", "zo-q4", "zo-b64", "fo", "fo-qv"]
 _WRAPPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from bench_common import peak_rss_mib; "
             "from prge_gguf.cli import main; rc = main(sys.argv[1:]); print('PEAK_RSS_MIB', peak_rss_mib()); "
             "sys.exit(rc)")
+# Prints the tokens of each training example of the settings in argv[1] (JSON), as train tokenizes them.
+_EXAMPLE_TOKENS = ("import json, sys; from prge_gguf.inputs import datasets, open_engine, tokenize_all; "
+                   "from prge_gguf.settings import resolve; s = resolve(json.loads(sys.argv[1]));\n"
+                   "with open_engine(s) as engine: print(json.dumps([ex.n_tokens for ex in "
+                   "tokenize_all(engine, datasets(s)[0], s)]))")
 
 
 # Extra flags for every command, by engine (--llama-args, --torch-args); the data folder (--data-dir).
@@ -240,14 +254,43 @@ def _train_args(task: str, model: str, method: str, seed: int) -> list[str]:
 
 def probe_step(task: str, label: str, model: str, method: str, seed: int, work: Path,
                threads: int) -> dict:
-    """A short run of the row's own settings: the median seconds (`step_s`) and forward tokens
-    (`tokens`) of a step, the warm-up steps left out."""
+    """A short run of the row's own settings, its warm-up steps left out, read by `expected_step`
+    as what an average step of the whole run costs."""
     probe = work / f"probe-{task}-{label}-{method}-{seed}"
     shutil.rmtree(probe, ignore_errors=True)  # from a probe stopped midway
     cli([*_train_args(task, model, method, seed), "--steps", str(PROBE_STEPS), "--eval-every", "0",
          "--valid", str(_one_example(task, work)), "--out", str(probe)], threads)
-    probed = [r for r in _rows(probe) if "loss" in r][PROBE_WARMUP:]
-    return {key: statistics.median(r[key] for r in probed) for key in ("step_s", "tokens")}
+    timed = [r for r in _rows(probe) if "loss" in r][PROBE_WARMUP:]
+    cfg = json.loads((probe / "config.json").read_text())["train"]
+    lengths = example_tokens(task, model)
+    batches = [[lengths[i] for i in batch_indices(len(lengths), cfg["batch_size"], cfg["seed"], step)]
+               for step in (r["step"] - 1 for r in timed)]  # metrics rows count steps from 1
+    return expected_step(timed, batches, statistics.mean(lengths))
+
+
+def expected_step(timed: list[dict], batches: list[list[int]], mean_tokens: float) -> dict:
+    """An average step of a run, from a probe's `timed` steps (metrics rows with `step_s` and
+    `tokens`), the tokens of each one's batch examples (`batches`) and the mean tokens of the
+    training examples (`mean_tokens`): its forward tokens (`tokens`: forward passes over each
+    example x batch size x `mean_tokens`, since a run's epochs visit every example) and its seconds
+    (`step_s`: those tokens at the timed steps' seconds per forward token, `s_per_token`)."""
+    passes = sum(r["tokens"] for r in timed) / sum(map(sum, batches))  # 2q for P-RGE, 1 for backprop
+    tokens = passes * len(batches[0]) * mean_tokens
+    s_per_token = sum(r["step_s"] for r in timed) / sum(r["tokens"] for r in timed)
+    return {"step_s": s_per_token * tokens, "tokens": tokens, "s_per_token": s_per_token}
+
+
+@functools.cache
+def example_tokens(task: str, model: str) -> list[int]:
+    """The tokens of each training example of `task`'s split for `model`, as `prge-gguf train`
+    tokenizes them (llama.cpp's tokenizer; the torch engine's matches it, tests/test_torch_engine.py),
+    in a process of its own like every command here."""
+    flags = SPLITS[task]
+    settings = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2], strict=True)}
+    settings |= {"model": model, "engine": "llama", "n_gpu_layers": 0, "threads": 1}
+    proc = subprocess.run([sys.executable, "-c", _EXAMPLE_TOKENS, json.dumps(settings)], check=True,
+                          capture_output=True, text=True, env=getattr(GPU_ENV, "env", None))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def budget_steps(probe: dict, budget_s: float, budget_tokens: float = 0) -> int:
@@ -426,14 +469,17 @@ def summarize(rows: list[dict], classes: dict[str, tuple[list[str], list[int]]] 
 def probe_note(by_tokens: bool, alone_jobs: int | None) -> str:
     """How the training rows' steps were set, and what their train wall is; `alone_jobs`: the rows
     run at once after --probe-alone's probes (None without it)."""
-    how = f"each row's steps fill the budget at the {'forward tokens' if by_tokens else 'seconds'} a step " \
-        f"of a {PROBE_STEPS}-step probe ({PROBE_WARMUP} warm-up)"
+    fill = ("each row's steps fill the budget at the forward tokens of an average step of its training data "
+            "(the examples' mean tokens x batch size x forward passes a step)")
+    if not by_tokens:
+        fill += " and the seconds per forward token"
+    probe = f"of a {PROBE_STEPS}-step probe ({PROBE_WARMUP} warm-up)"
     if alone_jobs is None:
-        return f"{how} run at its start."
-    return (f"{how} run alone on the machine before any row started (--probe-alone; one probe per task, "
-            "model and method, the seeds sharing it: WORK/probes.jsonl, probe_step_s in the JSON rows); then "
-            f"the rows ran {alone_jobs} at once, so their train wall is the wall of a shared machine, longer "
-            "than the budget.")
+        return f"{fill} {probe} run at its start."
+    return (f"{fill} {probe} run alone on the machine before any row started (--probe-alone; one probe "
+            "per task, model and method, the seeds sharing it: WORK/probes.jsonl, probe_step_s in the JSON "
+            f"rows); then the rows ran {alone_jobs} at once, so their train wall is the wall of a shared "
+            "machine, longer than the budget.")
 
 
 def plot(rows: list[dict], path: Path) -> None:
