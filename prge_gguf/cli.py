@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML file of settings (flag names as keys); flags override it")
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
-                         "(--threads, --n-gpu-layers, --device, --parallel: as saved unless given; "
-                         "--steps N extends it to N steps)")
+                         "(--threads, --n-gpu-layers, --device, --parallel, --routing: as saved unless "
+                         "given; --steps N extends it to N steps)")
     tr.add_argument("--adapter", metavar="FILE|DIR",
                     help="start from this LoRA adapter (a GGUF file: a run's adapter.gguf or best.gguf, "
                          "one llama.cpp converted; or a PEFT folder) instead of a fresh one: its rank, "
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="llama.cpp contexts that score a step's 2q perturbations at once, each with one "
                          "adapter, from K threads; the CPU threads are shared out among them (default: "
                          "8 with --n-gpu-layers; on the CPU one per 2 threads, at least 2, at most 8)")
+    tr.add_argument("--routing", action="store_true", default=None,
+                    help="each context scores its share of the perturbations in shared decodes (needs "
+                         "llama.cpp built by scripts/build_llama_routing.py; slower on a CPU)")
     tr.add_argument("--distributed", action="store_true",
                     help="one rank of a job started by 'torchrun --nproc_per_node N -m prge_gguf train "
                          "... --distributed': the ranks share each step's perturbations (needs torch)")

@@ -26,7 +26,7 @@ def open_engine(s: Settings) -> Engine:
     from prge_gguf.engine.llama import LlamaEngine
 
     return LlamaEngine(model_path(s.model), n_ctx=n_ctx, threads=s.threads,
-                       n_gpu_layers=s.n_gpu_layers, parallel=s.parallel)
+                       n_gpu_layers=s.n_gpu_layers, parallel=s.parallel, routing=bool(s.routing))
 
 
 def task_of(s: Settings) -> Task:

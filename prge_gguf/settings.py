@@ -41,7 +41,7 @@ SOURCE_KEYS = ("task", "data", "valid", "template", "label_words", "model", "n_c
 # Defaults of the non-training flags (training defaults live in TrainConfig), applied after --config.
 DEFAULTS = {"n_gpu_layers": 0, "engine": "llama", "device": "cpu"}
 # Where a run computes: saved with it, and a resumed run keeps them unless its command line says otherwise.
-MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel")
+MACHINE_KEYS = ("threads", "n_gpu_layers", "device", "parallel", "routing")
 FILE_KEYS = (*TRAIN_KEYS, *SOURCE_KEYS, "out", *MACHINE_KEYS)
 
 # zo: P-RGE (SGD on its estimate); zo-momentum, zo-adam: P-RGE's estimate fed to heavy-ball
@@ -103,6 +103,7 @@ class Settings:
     threads: int | None = None
     n_gpu_layers: int | None = None
     parallel: int | None = None
+    routing: bool | None = None
     n_ctx: int | None = None
     max_seq_len: int | None = None
     truncate: bool | None = None

@@ -26,7 +26,8 @@ def sigint_held() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler set outside Python, which cannot be put back (the default then)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
         if came and callable(previous):
             previous(signal.SIGINT, came[-1])
         elif came and previous == signal.SIG_DFL:

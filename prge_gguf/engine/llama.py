@@ -127,7 +127,7 @@ class LlamaEngine:
         n_gpu_layers: int = 0,
         adapter_cache: int = 2,
         parallel: int | None = None,
-        routing: bool | None = None,
+        routing: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.header = read_header(self.model_path)  # clear error for missing / non-GGUF files
@@ -141,10 +141,11 @@ class LlamaEngine:
         self._slots: list[_Slot] = []
         self._workers: ThreadPoolExecutor | None = None
         self.set_parallel(self.parallel if parallel is None else parallel)
-        # With a llama.cpp that routes adapters to sequences (ROUTING), a context scores its share
-        # of a step's perturbations in shared decodes rather than one after another.
+        # Adapter routing (a patched llama.cpp: ROUTING): a context scores its share of a step's
+        # perturbations in shared decodes rather than one after another. Off unless asked for: on
+        # the CPU it steps slower (bench/cpu_routing.md), and on a GPU it is not measured yet.
         self.routing = False
-        self.set_routing(ROUTING if routing is None else routing)
+        self.set_routing(routing)
         self._adapters: OrderedDict[int, ll.llama_adapter_lora_p] = OrderedDict()
         self._active: tuple[tuple[int, float], ...] = ()
         # numpy releases the GIL, so log-sum-exps spread over threads: one thread's pass over
@@ -187,8 +188,8 @@ class LlamaEngine:
         """Route a context's perturbations to their own sequences in shared decodes (True), or
         score them one after another (False), from now on."""
         if routing and not ROUTING:
-            raise PrgeError("adapter routing needs a llama.cpp built with "
-                            "patches/llama-cpp-adapter-routing.patch")
+            raise PrgeError("--routing needs llama.cpp built with patches/llama-cpp-adapter-routing.patch "
+                            "(python scripts/build_llama_routing.py)")
         if routing != self.routing:
             self._free_slots()
             self.routing = routing
@@ -398,5 +399,5 @@ class LlamaEngine:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_tmp", None) is not None:
+        if getattr(self, "_model", None) is not None:  # not closed yet
             self.close()

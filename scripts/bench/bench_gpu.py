@@ -57,10 +57,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench"), str(ROOT / "scripts")]
 
 from bench_common import git_commit  # noqa: E402
 from bench_common import machine as common_machine  # noqa: E402
+from build_llama_routing import apply_patch  # noqa: E402
 
 LLAMA_VERSION = "0.3.36"  # pyproject.toml's pin
 SDIST = f"llama_cpp_python-{LLAMA_VERSION}"
@@ -195,8 +196,7 @@ def _build(sdist: Path, jobs: int, out_dir: Path, patch: Path | None) -> tuple[P
         with tarfile.open(sdist) as tar:
             tar.extractall(src, filter="data")
         sdist = src / SDIST
-        apply = ["patch", "-p1", "-i"] if shutil.which("patch") else ["git", "apply", "-p1"]
-        subprocess.run([*apply, str(patch.resolve())], cwd=sdist, check=True)
+        apply_patch(sdist, patch)
     compilers = {k: v for k, v in SYSTEM_COMPILERS.items() if Path(v).exists()}
     cmake_args = CMAKE_ARGS
     if "CXX" in compilers:
