@@ -174,7 +174,7 @@ def test_resume_keeps_where_the_run_computed_unless_told_otherwise(tmp_path, mon
                  "--targets", "attn_v", "--checkpoint-every", "1", "--eval-every", "0", "--threads", "1",
                  "--n-gpu-layers", "-1", "--out", str(out)]) == 0  # on a CPU build: no layers to offload
     assert json.loads((out / "config.json").read_text())["machine"] == {
-        "threads": 1, "n_gpu_layers": -1, "device": "cpu", "parallel": None}
+        "threads": 1, "n_gpu_layers": -1, "device": "cpu", "parallel": None, "routing": None}
     assert main(["train", "--resume", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--threads", "2"]) == 0
     assert opened == [(1, -1, "cpu"), (1, -1, "cpu"), (2, -1, "cpu")]
