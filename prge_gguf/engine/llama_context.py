@@ -132,7 +132,8 @@ class LlamaContext:
 
     def score_routed(self, requests: Sequence[ScoreRequest], n: int) -> list[list[list[np.ndarray]]]:
         """`score(requests)` under each of the first `n` adapters `route` set, packed into shared
-        decodes; the same scores in exact arithmetic (an adapter adds zeros to the other sequences)."""
+        decodes: each adapter's scores are those of the same decodes with it alone, bit for bit
+        (it adds zeros to the other sequences)."""
         flat = self._score(list(requests) * n, np.repeat(np.arange(n, dtype=np.int32), len(requests)))
         return [flat[k * len(requests):(k + 1) * len(requests)] for k in range(n)]
 
