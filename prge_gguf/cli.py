@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="llama.cpp contexts that score a step's 2q perturbations at once, each with one "
                          "adapter, from K threads; the CPU threads are shared out among them (default: "
                          "8 with --n-gpu-layers; on the CPU one per 2 threads, at least 2, at most 8)")
-    tr.add_argument("--routing", action="store_true", default=None,
+    tr.add_argument("--routing", action=argparse.BooleanOptionalAction, default=None,
                     help="each context scores its share of the perturbations in shared decodes (needs "
                          "llama.cpp built by scripts/build_llama_routing.py; slower on a CPU)")
     tr.add_argument("--distributed", action="store_true",

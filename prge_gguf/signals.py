@@ -30,5 +30,5 @@ def sigint_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
         if came and callable(previous):
             previous(signal.SIGINT, came[-1])
-        elif came and previous == signal.SIG_DFL:
+        elif came and previous in (signal.SIG_DFL, None):
             signal.raise_signal(signal.SIGINT)

@@ -31,9 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PATCH = ROOT / "patches" / "llama-cpp-adapter-routing.patch"
 
 
+def cmake_args() -> str:
+    """CMAKE_ARGS of the build: the caller's, without the multimodal library (as README's install)."""
+    given = os.environ.get("CMAKE_ARGS", "")
+    return given if "LLAVA_BUILD" in given else f"{given} -DLLAVA_BUILD=OFF".strip()
+
+
 def cache_dir() -> Path:
     """Where wheels built with this version of the patch are kept (one per CMAKE_ARGS)."""
-    digest = hashlib.sha256(PATCH.read_bytes() + os.environ.get("CMAKE_ARGS", "").encode()).hexdigest()
+    digest = hashlib.sha256(PATCH.read_bytes() + cmake_args().encode()).hexdigest()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "prge-gguf" / f"llama-routing-{digest[:12]}"
 
@@ -61,7 +67,8 @@ def build_wheel(version: str | None = None) -> Path:
             tar.extractall(work, filter="data")
         src = work / f"llama_cpp_python-{version}"
         apply_patch(src)
-        subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(work / "wheel"), str(src)], check=True)
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(work / "wheel"), str(src)], check=True,
+                       env=dict(os.environ, CMAKE_ARGS=cmake_args()))
         dest.mkdir(parents=True, exist_ok=True)
         wheel = next((work / "wheel").glob("*.whl"))
         return Path(shutil.copy2(wheel, dest / wheel.name))

@@ -23,6 +23,7 @@ from prge_gguf.engine.llama import LlamaEngine
 from prge_gguf.errors import PrgeError
 
 ROOT = Path(__file__).resolve().parents[1]
+N_CTX = 256
 
 
 @pytest.mark.skipif(llama_context.ROUTING, reason="this llama.cpp has adapter routing")
@@ -57,6 +58,7 @@ def test_routed_scores_equal_each_adapter_alone_in_the_same_decodes(routed_site,
     assert result["max_abs_diff"] == {"1": 0.0, "2": 0.0}
     assert result["decodes_routed"] < result["decodes_plain"]  # they did share decodes
     assert result["moved"] > 0  # and the adapters differ, so a misrouted one would show
+    assert "not on a mixture's experts" in result["experts"]  # the patch masks dense weights only
 
 
 def _compare(model: str) -> dict:
@@ -66,7 +68,7 @@ def _compare(model: str) -> dict:
     from prge_gguf.tasks import builtin_task
 
     result: dict = {"routing": llama_context.ROUTING, "max_abs_diff": {}}
-    with LlamaEngine(model, n_ctx=256, threads=2, parallel=1, routing=False) as engine:
+    with LlamaEngine(model, n_ctx=N_CTX, threads=2, parallel=1, routing=False) as engine:
         task = builtin_task("sst2")
         batch = [tokenize_example(engine, e) for e in task.examples(task.train_file)[:6]]
         requests = [r for ex in batch for r in ex.requests]
@@ -78,15 +80,20 @@ def _compare(model: str) -> dict:
         calls = _count_decodes()
         plain = engine.score_each(requests, adapters)
         result["decodes_plain"] = calls()
-        engine.set_routing(True)
         for k in (1, 2):
+            engine.set_routing(True)
             engine.set_parallel(k)
+            engine.set_context(N_CTX)
             calls = _count_decodes()
             routed = engine.score_each(requests, adapters)
             if k == 1:
                 result["decodes_routed"] = calls()
             else:
                 calls()
+            engine.set_routing(False)
+            # A routed context holds ceil(5 / k) adapters and as many times the tokens: decodes
+            # packed alike need a context that size.
+            engine.set_context(N_CTX * -(-len(adapters) // k))
             diffs = []
             for i, adapter in enumerate(adapters):  # adapter i: context i % k, place i // k of its share
                 share = len(adapters[i % k::k])
@@ -96,7 +103,29 @@ def _compare(model: str) -> dict:
             result["max_abs_diff"][str(k)] = max(diffs)
         result["moved"] = max(float(np.abs(a - b).max()) for ra, rb in zip(plain[0], plain[1], strict=True)
                               for a, b in zip(ra, rb, strict=True))
+    result["experts"] = _routed_experts_error()
     return result
+
+
+def _routed_experts_error() -> str:
+    """The error of routing adapters on a mixture's expert tensors (a tiny qwen3moe)."""
+    import tempfile
+
+    from prge_gguf.lora import init_lora_fa
+    from prge_gguf.scoring import ScoreRequest
+    from prge_gguf.synthetic import write_tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        moe = write_tiny(Path(tmp) / "moe.gguf", "qwen3moe")
+        with LlamaEngine(moe, n_ctx=64, threads=1, parallel=1, routing=True) as engine:
+            adapter = init_lora_fa(engine.header, ["ffn_up_exps"], 4, 8, seed=0)
+            tokens = tuple(engine.tokenize("a b c", add_special=True))
+            request = ScoreRequest(tokens, (len(tokens) - 2,), ((tokens[-1],),))
+            try:
+                engine.score_each([request], [adapter, adapter])
+            except PrgeError as exc:
+                return str(exc)
+    return "no error"
 
 
 def _count_decodes():

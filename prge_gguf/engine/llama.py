@@ -38,6 +38,8 @@ from prge_gguf.settings import default_parallel
 from prge_gguf.signals import sigint_held
 
 _GGML_LOG_ERROR = 4
+# llama.cpp's LLAMA_MAX_SEQ: the most sequences a context can hold.
+_MAX_SEQUENCES = 256
 
 
 @ll.llama_log_callback
@@ -81,6 +83,7 @@ class _Slot:
     perturbation in turn, or (with adapter routing) one a perturbation, all scored at once."""
 
     context: LlamaContext
+    share: int  # the perturbations it scores at once: 1, or with routing its share of a step's
     residents: list[ResidentAdapter] = field(default_factory=list)
     timings: Counter[str] = field(default_factory=Counter)
 
@@ -200,9 +203,12 @@ class LlamaEngine:
             self._free_contexts()
             self.n_ctx = n_ctx
 
-    def _new_context(self, threads: int, timings: Counter[str]) -> LlamaContext:
-        # llama.cpp refuses more sequences than context cells (an assertion, not an error code).
-        cparams = context_params(self.n_ctx, min(self.n_seq_max, self.n_ctx), threads)
+    def _new_context(self, threads: int, timings: Counter[str], share: int = 1) -> LlamaContext:
+        # A routed context decodes its `share` of a step's perturbations together: share x the
+        # tokens and sequences. llama.cpp refuses more sequences than context cells or
+        # _MAX_SEQUENCES (assertions, not error codes).
+        n_ctx = self.n_ctx * share
+        cparams = context_params(n_ctx, min(self.n_seq_max * share, _MAX_SEQUENCES, n_ctx), threads)
         return LlamaContext(self._model, cparams, self.n_vocab, self._pool, self._threads, timings)
 
     def _context(self) -> LlamaContext:
@@ -216,20 +222,23 @@ class LlamaEngine:
         out among the contexts a step uses."""
         want = min(self.parallel, n)
         per = -(-n // want) if self.routing else 1
-        if len(self._slots) < want:
-            self._free_slots()
+        if per > 1 and any("_exps." in name for name in adapter.names):
+            raise PrgeError("--routing masks LoRA on dense weights only, not on a mixture's experts "
+                            "(ffn_*_exps): leave it off or target other weights")
+        if len(self._slots) < want or any(s.share != per for s in self._slots[:want]):
+            self._free_slots()  # a routed context is sized for its share
             threads = max(1, self._threads // want)
             try:
                 while len(self._slots) < want:
                     timings: Counter[str] = Counter()
-                    self._slots.append(_Slot(self._new_context(threads, timings), timings=timings))
+                    self._slots.append(_Slot(self._new_context(threads, timings, per), per, timings=timings))
             except PrgeError as exc:
                 made = len(self._slots)
                 self._free_slots()
                 raise PrgeError(f"context {made + 1} of --parallel {want}: {exc}") from None
             self._workers = ThreadPoolExecutor(want, thread_name_prefix="prge-slot")
         slots = self._slots[:want]
-        stale = [s for s in slots if len(s.residents) != per or s.residents[0].layout != layout(adapter)]
+        stale = [s for s in slots if not s.residents or s.residents[0].layout != layout(adapter)]
         fresh: list[ResidentAdapter] = []
         try:
             for slot in stale:

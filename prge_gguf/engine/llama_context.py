@@ -119,6 +119,8 @@ class LlamaContext:
         rc = ll.llama_set_adapters_lora(self.ctx, arr if handles else None, len(handles), c_scales)
         if rc != 0:
             raise PrgeError(f"llama_set_adapters_lora failed (code {rc})")
+        if ROUTING:  # a routing of former adapters must not outlive them (a new one may reuse an address)
+            _set_routes(self.ctx, None, 0, None, 0)
 
     def route(self, handles: Sequence[ll.llama_adapter_lora_p]) -> None:
         """Set these adapters (scale 1) for `score_routed`, which gives each its own sequences

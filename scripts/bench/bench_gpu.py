@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -157,8 +158,12 @@ def setup(carry: Path, out_dir: Path, jobs: int, build: bool = False, patch: Pat
 
 
 def lib_archive(patch: Path | None) -> str:
-    """The name of the saved package: LIB_ARCHIVE, the patch's stem added for a patched build."""
-    return LIB_ARCHIVE if patch is None else LIB_ARCHIVE.replace(".tar.xz", f"-{patch.stem}.tar.xz")
+    """The name of the saved package: LIB_ARCHIVE, with the patch's name and a hash of its
+    text for a patched build (an edited patch is built anew)."""
+    if patch is None:
+        return LIB_ARCHIVE
+    digest = hashlib.sha256(patch.read_bytes()).hexdigest()[:12]
+    return LIB_ARCHIVE.replace(".tar.xz", f"-{patch.stem}-{digest}.tar.xz")
 
 
 def _save_package(out_dir: Path, name: str) -> None:
