@@ -36,6 +36,7 @@ from prge_gguf.lora import LoraAdapter
 from prge_gguf.scoring import ScoreRequest
 from prge_gguf.settings import default_parallel
 from prge_gguf.signals import sigint_held
+from prge_gguf.targets import EXPERT_TARGETS
 
 _GGML_LOG_ERROR = 4
 # llama.cpp's LLAMA_MAX_SEQ: the most sequences a context can hold.
@@ -90,7 +91,7 @@ class _Slot:
     def score_each(self, requests: Sequence[ScoreRequest],
                    adapters: Sequence[LoraAdapter]) -> list[list[list[np.ndarray]]]:
         """Each adapter's scores."""
-        if len(self.residents) == 1:
+        if self.share == 1:
             out = []
             for adapter in adapters:
                 self._write([adapter])
@@ -222,7 +223,7 @@ class LlamaEngine:
         out among the contexts a step uses."""
         want = min(self.parallel, n)
         per = -(-n // want) if self.routing else 1
-        if per > 1 and any("_exps." in name for name in adapter.names):
+        if per > 1 and set(adapter.targets) & set(EXPERT_TARGETS):
             raise PrgeError("--routing masks LoRA on dense weights only, not on a mixture's experts "
                             "(ffn_*_exps): leave it off or target other weights")
         if len(self._slots) < want or any(s.share != per for s in self._slots[:want]):

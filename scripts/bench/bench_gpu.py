@@ -331,7 +331,6 @@ def _routing_diff(engine, train: list, q: int, batch_size: int) -> float:
     import numpy as np
 
     from prge_gguf.lora import init_lora_fa
-    from prge_gguf.prge import direction
     from prge_gguf.targets import TARGETS
     from prge_gguf.train import TrainConfig
 
@@ -339,16 +338,36 @@ def _routing_diff(engine, train: list, q: int, batch_size: int) -> float:
     base = init_lora_fa(engine.header, list(TARGETS), cfg.rank, cfg.alpha, seed=cfg.seed)
     base = base.with_b({n: np.random.default_rng(1).normal(0, 0.02, b.shape).astype(np.float32)
                         for n, b in base.b.items()})  # B = 0 would hide a misrouted adapter
-    shapes = {n: b.shape for n, b in base.b.items()}
-    adapters = [base.with_b({n: base.b[n] + np.float32(sign * cfg.eps) * direction(shapes, 0, 0, i)[n]
-                             for n in base.names}) for i in range(q) for sign in (1, -1)]
+    adapters = _step_adapters(base, q, cfg.eps, cfg.seed)
     requests = [r for ex in train[:batch_size] for r in ex.requests]
     routed = engine.score_each(requests, adapters)
     engine.set_routing(False)
     plain = engine.score_each(requests, adapters)
     engine.set_routing(True)
-    return max(float(np.abs(a - b).max()) for sr, sp in zip(routed, plain, strict=True)
-               for rr, rp in zip(sr, sp, strict=True) for a, b in zip(rr, rp, strict=True))
+    return _max_abs_diff(routed, plain)
+
+
+def _step_adapters(base, q: int, eps: float, seed: int) -> list:
+    """The 2q adapters of step 0 exactly as pair_loss_fn builds them: B +/- eps z_i."""
+    import numpy as np
+
+    from prge_gguf.prge import direction
+
+    shapes = {n: b.shape for n, b in base.b.items()}
+    adapters = []
+    for i in range(q):
+        z = direction(shapes, seed, 0, i)
+        for sign in (1, -1):
+            adapters.append(base.with_b({n: base.b[n] + np.float32(sign * eps) * z[n] for n in base.names}))
+    return adapters
+
+
+def _max_abs_diff(got: list, want: list) -> float:
+    """The largest |difference| between two `score_each` results."""
+    import numpy as np
+
+    return max(float(np.abs(a - b).max()) for sg, sw in zip(got, want, strict=True)
+               for rg, rw in zip(sg, sw, strict=True) for a, b in zip(rg, rw, strict=True))
 
 
 def _k_label(row: dict) -> str:
@@ -447,12 +466,10 @@ def torch_rows(model: Path, preset: str, device: str, qs: list[int], repeats: in
                max_s: float) -> list[dict]:
     """`TorchEngine.score_each` (all 2q adapters stacked in one forward) vs 2q calls of
     `score`, on the first batch of 16 SST-2 examples, median of `repeats` after warm-up."""
-    import numpy as np
     import torch
 
     from prge_gguf.engine.torch_engine import TorchEngine
     from prge_gguf.lora import init_lora_fa
-    from prge_gguf.prge import direction
     from prge_gguf.targets import TARGETS
     from prge_gguf.tasks import builtin_task, tokenize
     from prge_gguf.train import TrainConfig, batch_indices
@@ -466,7 +483,6 @@ def torch_rows(model: Path, preset: str, device: str, qs: list[int], repeats: in
     batch = [tokenize(engine, raw[i]) for i in batch_indices(len(raw), cfg.batch_size, cfg.seed, 0)]
     requests = [r for ex in batch for r in ex.requests]
     base = init_lora_fa(engine.header, list(TARGETS), cfg.rank, cfg.alpha, seed=cfg.seed)
-    shapes = {n: b.shape for n, b in base.b.items()}
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -481,13 +497,7 @@ def torch_rows(model: Path, preset: str, device: str, qs: list[int], repeats: in
 
     rows = []
     for q in qs:
-        # The 2q adapters of a step exactly as pair_loss_fn builds them: B +/- eps z_i.
-        adapters = []
-        for i in range(q):
-            z = direction(shapes, cfg.seed, 0, i)
-            for sign in (1, -1):
-                signed = np.float32(sign * cfg.eps)
-                adapters.append(base.with_b({n: base.b[n] + signed * z[n] for n in base.names}))
+        adapters = _step_adapters(base, q, cfg.eps, cfg.seed)
 
         def batched(adapters=adapters):
             return engine.score_each(requests, adapters)
@@ -506,8 +516,7 @@ def torch_rows(model: Path, preset: str, device: str, qs: list[int], repeats: in
             t_s.append(dt)
             if time.perf_counter() - start > max_s and len(t_b) >= 3:
                 break
-        diff = max(float(np.abs(a - b).max()) for sb, ss in zip(out_b, out_s, strict=True)
-                   for rb, rs in zip(sb, ss, strict=True) for a, b in zip(rb, rs, strict=True))
+        diff = _max_abs_diff(out_b, out_s)
         row = {"model": preset, "device": device, "q": q, "perturbations": 2 * q,
                "batch_size": cfg.batch_size,
                "tokens_per_forward": sum(r.n_tokens for r in requests), "repeats": len(t_b),
