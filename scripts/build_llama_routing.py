@@ -1,9 +1,10 @@
 """Build llama-cpp-python with adapter routing and install it into this environment.
 
 patches/llama-cpp-adapter-routing.patch adds `llama_set_adapters_lora_seqs` to llama.cpp: several
-adapters set on one context, each applied to the tokens of its own sequences only, so one decode
-scores all of a step's perturbations (docs/engines.md, "Adapter routing"). The engine uses it
-wherever the loaded llama.cpp has it; the stock llama-cpp-python works as before without it.
+adapters set on one context, each applied to the tokens of its own sequences only, so a context
+scores its share of a step's perturbations in shared decodes (docs/engines.md, "Adapter
+routing"). `prge-gguf train --routing` uses it; without the flag, or with the stock
+llama-cpp-python, the engine scores one perturbation a decode as before.
 
     python scripts/build_llama_routing.py                                 # CPU
     CMAKE_ARGS="-DGGML_CUDA=on" python scripts/build_llama_routing.py     # CUDA (Metal: the default on a Mac)
@@ -80,10 +81,13 @@ def main() -> None:
     ap.add_argument("--version", help="llama-cpp-python version (default: the installed one)")
     ap.add_argument("--no-install", action="store_true", help="only build; print the wheel's path")
     args = ap.parse_args()
-    wheel = build_wheel(args.version)
-    if not args.no_install:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps",
-                        str(wheel)], check=True)
+    try:
+        wheel = build_wheel(args.version)
+        if not args.no_install:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps",
+                            str(wheel)], check=True)
+    except subprocess.CalledProcessError as exc:  # pip or patch has said why above
+        sys.exit(f"error: {' '.join(map(str, exc.cmd[:5]))} ... failed (exit code {exc.returncode})")
     print(wheel)
 
 

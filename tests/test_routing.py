@@ -32,6 +32,15 @@ def test_routing_without_the_patched_build_is_refused_in_one_line(model_path):
         LlamaEngine(model_path, n_ctx=64, threads=1, routing=True)
 
 
+def test_building_a_version_pypi_lacks_ends_in_one_error_line(tmp_path):
+    script = ROOT / "scripts" / "build_llama_routing.py"
+    out = subprocess.run([sys.executable, str(script), "--version", "0.0.999", "--no-install"],
+                         capture_output=True, text=True, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path)))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not any(tmp_path.rglob("*.whl"))
+
+
 @pytest.fixture(scope="module")
 def routed_site(tmp_path_factory) -> Path:
     sys.path.insert(0, str(ROOT / "scripts"))
